@@ -1,0 +1,368 @@
+"""Run configuration: the one ``Config`` dataclass (every default), command-line flag parsing and validation.
+
+Owns the original PRNet/E2TKFace flag names (``-train=True``, ``--batchSize=16`` ...) beside readable long names,
+the reusable boolean-flag machinery (``parse_bool``, ``make_parser``, ``add_flag``) and the run's JSON record.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+MODELS = ("e2tkface", "prnet")
+ENCODERS = ("aligned", "faithful", "cnn")
+GROUND_TRUTHS = ("original", "reannotated")
+DEFAULT_BFM_DIR = "data/Out"
+
+_TRUE = {"true", "1", "yes", "y", "on", "t"}
+_FALSE = {"false", "0", "no", "n", "off", "f"}
+
+
+class ConfigError(Exception):
+    """A flag value or path a user gave is wrong; ``str(err)`` is one sentence naming the flag."""
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse parser whose errors raise ConfigError (one sentence) instead of printing usage and exiting."""
+
+    def error(self, message: str):  # noqa: D102 - argparse hook
+        message = message.strip()
+        match = re.match(r"unrecognized arguments: (.*)", message)
+        if match:
+            message = f"unknown flag(s) {match.group(1)} (see --help for the list)"
+        raise ConfigError(message[0].upper() + message[1:] + ("" if message.endswith(".") else "."))
+
+
+def parse_bool(text: str | bool) -> bool:
+    """Parse a boolean flag value: True/False, true/false, 1/0, yes/no, on/off (case-insensitive).
+
+    The published code used ``type=bool``-style parsing where any non-empty string (even "False") was true;
+    here "False" is False. Raises argparse.ArgumentTypeError (-> ConfigError through FlagParser) otherwise.
+    """
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (use True/False, true/false or 1/0)")
+
+
+def _int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def make_parser(prog: str | None = None, description: str | None = None, epilog: str | None = None) -> FlagParser:
+    """A parser for original-style flags: no prefix abbreviation, errors raise ConfigError, defaults suppressed.
+
+    Only flags the user gave appear in the parsed namespace (argparse.SUPPRESS), so callers can tell an explicit
+    value from a default.
+    """
+    return FlagParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+                      argument_default=argparse.SUPPRESS,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_flag(parser: argparse.ArgumentParser, names: Sequence[str], dest: str, help: str, *,
+             kind: Callable[[str], Any] | str = str, default: Any = None, choices: Sequence[str] | None = None,
+             metavar: str | None = None, const: Any = None) -> None:
+    """Register one flag under several names (original spelling first, then readable long names).
+
+    kind="bool" makes a boolean flag: ``-flag=True``, ``-flag False``, ``--flag`` alone (= True), ``--flag=0``.
+    ``const`` (non-bool flags) lets the flag appear without a value, meaning ``const``.
+    ``default`` is only shown in the help text (the parser suppresses defaults).
+    """
+    shown = "" if default is None else f" (default: {default})"
+    if kind == "bool":
+        parser.add_argument(*names, dest=dest, nargs="?", const=True, type=parse_bool, metavar="BOOL",
+                            help=help + shown)
+        return
+    extra = {} if const is None else {"nargs": "?", "const": const}
+    parser.add_argument(*names, dest=dest, type=kind, choices=choices, metavar=metavar, help=help + shown, **extra)
+
+
+def _resume_value(text: str) -> str | None:
+    """--resume: bare flag or True -> "auto" (the run folder's last.pth); False -> None; else a checkpoint path."""
+    try:
+        flag = parse_bool(text)
+    except argparse.ArgumentTypeError:
+        return text
+    return "auto" if flag else None
+
+
+def _model_kwargs(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object such as '{{\"width_mult\": 0.5}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object such as '{{\"width_mult\": 0.5}}'")
+    return value
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved as ``config.json`` in the run folder so the run can be reproduced."""
+
+    # what to do
+    train: bool = True
+    test: bool = False
+    demo: bool = False
+    # data
+    train_dir: str = "data/images/300W_LP-crop"
+    val_dir: str | None = None
+    predict_dir: str = "data/images/AFLW2000"
+    val_fraction: float = 0.02
+    pre_read: bool = False
+    num_workers: int = 4
+    augment: bool = True
+    shuffle: bool = True
+    bfm: str = "auto"
+    # model
+    model: str = "e2tkface"
+    encoder: str = "aligned"
+    model_kwargs: dict = field(default_factory=dict)
+    load_model_path: str | None = None
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 2e-4
+    lr_decay: float = 0.8
+    seed: int = 0
+    # hardware
+    device: str | None = None
+    gpus: int = 1
+    visible_devices: str | None = None
+    sync_bn: bool = True
+    # run folder, resuming, output
+    out: str | None = None
+    resume: str | None = None
+    progress: bool = True
+    # evaluation
+    gt: str = "original"
+    gt_file: str | None = None
+    export: bool = True
+    # demo sizes
+    demo_train_count: int = 160
+    demo_test_count: int = 40
+    # flags the user gave explicitly (not saved; lets a checkpoint's model name win over a default)
+    given: tuple = field(default=(), compare=False, repr=False)
+
+    # ------------------------------------------------------------------ JSON record
+    def to_dict(self) -> dict:
+        """JSON-ready dict of every setting (without ``given``)."""
+        data = dataclasses.asdict(self)
+        data.pop("given")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        """Config from a dict written by ``to_dict``; unknown keys raise ConfigError."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"given"}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"Unknown configuration keys {unknown} in the saved configuration.")
+        return cls(**data)
+
+    def save_json(self, path: str | os.PathLike) -> Path:
+        """Write the resolved configuration as JSON atomically (temp file + rename). Returns the path."""
+        from faceutil.sampleio import atomic_write_bytes
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        atomic_write_bytes(path, text.encode("utf-8"))
+        return path
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike) -> "Config":
+        """Read a configuration written by ``save_json``."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"Cannot read the configuration file {path}: {err}.") from None
+        return cls.from_dict(data)
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+# (names, dest, kind, help). Original spellings first, exactly as published, then readable long names.
+_FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
+    (("-train", "--train"), "train", "bool", "train a model on -td"),
+    (("-test", "--test"), "test", "bool", "evaluate on -pd (AFLW2000-3D protocol) with --loadModelPath "
+                                          "(or the checkpoint this run just trained)"),
+    (("--demo",), "demo", "bool", "synthesise a small dataset, train E2TKFace on CPU for a few minutes, "
+                                  "evaluate before/after (other flags such as --epochs still apply)"),
+    (("-td", "--train-dir"), "train_dir", str, "training set: processor output folder (300W-LP-crop)"),
+    (("-vd", "--val-dir"), "val_dir", str, "validation set (processor output) that picks best.pth; default: "
+                                           "a held-out fraction of -td. Using the test set here inflates results"),
+    (("-pd", "--predict-dir"), "predict_dir", str, "evaluation set: raw AFLW2000-3D folder (jpg+mat) or "
+                                                   "processor output with pt3d_68"),
+    (("--val-fraction",), "val_fraction", _float, "fraction of -td held out for validation when -vd is not given"),
+    (("--isPreRead", "--pre-read"), "pre_read", "bool", "load all position maps into memory before training"),
+    (("--numWorker", "--num-workers"), "num_workers", _int, "data-loading worker processes per process"),
+    (("--augment",), "augment", "bool", "rotation / erasing / colour augmentation of training samples"),
+    (("--shuffle",), "shuffle", "bool", "shuffle the training order each epoch"),
+    (("--bfm",), "bfm", str, "face model for the UV layout: a folder with BFM.mat + BFM_UV.mat, 'synthetic', "
+                             f"or 'auto' ({DEFAULT_BFM_DIR} when present, else synthetic)"),
+    (("--model",), "model", str, "network: e2tkface | prnet"),
+    (("--encoder",), "encoder", str, "E2TKFace encoder: aligned (exactly 90-degree equivariant at 256) | faithful "
+                                     "(published stride-2 layout) | cnn (plain-CNN ablation)"),
+    (("--model-kwargs",), "model_kwargs", _model_kwargs, "extra model constructor arguments as JSON, "
+                                                         "e.g. '{\"width_mult\": 0.5}'"),
+    (("--loadModelPath", "--load-model-path"), "load_model_path", str,
+     "checkpoint to evaluate, or to start training from"),
+    (("--epoch", "--epochs"), "epochs", _int, "number of training epochs"),
+    (("--batchSize", "--batch-size"), "batch_size", _int,
+     "images per batch per process (global batch = this x processes)"),
+    (("--learningRate", "--lr"), "lr", _float, "Adam learning rate"),
+    (("--weight-decay",), "weight_decay", _float, "Adam weight decay"),
+    (("--lr-decay",), "lr_decay", _float, "learning-rate factor applied after every epoch (ExponentialLR)"),
+    (("--seed",), "seed", _int, "seed of every random draw (initialisation, order, augmentation)"),
+    (("--device",), "device", str, "cpu, cuda or cuda:N; default: CUDA when available"),
+    (("--gpu", "--gpus"), "gpus", _int, "processes to start on this node (DDP; one per GPU, or CPU "
+                                                 "processes with gloo when --device=cpu)"),
+    (("--visibleDevice", "--visible-devices"), "visible_devices", str,
+     "comma-separated GPU ids to use (sets CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3"),
+    (("--sync-bn",), "sync_bn", "bool", "use SyncBatchNorm when training on several GPUs"),
+    (("--out",), "out", str, "run folder for config.json, checkpoints, TensorBoard logs and results "
+                             "(default: savedmodel/<model>-<time>)"),
+    (("--resume",), "resume", _resume_value, "continue an interrupted run: bare flag = <--out>/last.pth, "
+                                             "or a path to a last.pth"),
+    (("--progress",), "progress", "bool", "show tqdm progress bars"),
+    (("--gt",), "gt", str, "evaluation ground truth: original (pt3d_68) | reannotated (also report against "
+                           "--gt-file)"),
+    (("--gt-file",), "gt_file", str, "re-annotated landmarks (N,2,68) .npy, rows in sorted image-name order "
+                                     "(3DDFA's AFLW2000-3D-Reannotated.pts68.npy)"),
+    (("--export",), "export", "bool", "evaluate with the exported (plain torch) encoder where the model has one"),
+    (("--demo-train-count",), "demo_train_count", _int, "synthetic training images made by --demo"),
+    (("--demo-test-count",), "demo_test_count", _int, "synthetic AFLW2000-format images made by --demo"),
+]
+
+_EXAMPLES = """examples:
+  python torchrun.py -train=True -test=False --batchSize=16 -td=data/images/300W_LP-crop -vd=DIR --numWorker=4
+  python torchrun.py -train=True ... --gpu=4 --visibleDevice=0,1,2,3
+  python torchrun.py -train=False -test=True -pd=data/images/AFLW2000 --loadModelPath=savedmodel/RUN/best.pth
+  python torchrun.py --demo
+Boolean flags accept True/False, true/false, 1/0 (and a bare --flag means True)."""
+
+
+def build_parser() -> FlagParser:
+    """The torchrun.py parser (original + long flag names)."""
+    parser = make_parser(prog="torchrun.py",
+                         description="Train and evaluate E2TKFace / PRNet UV position-map regressors.",
+                         epilog=_EXAMPLES)
+    defaults = Config()
+    for names, dest, kind, help_text in _FLAGS:
+        add_flag(parser, names, dest, help_text, kind=kind, default=getattr(defaults, dest),
+                 const="auto" if dest == "resume" else None)
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None, *, check: bool = True) -> Config:
+    """Parse command-line flags into a Config (and validate it unless check=False). Raises ConfigError."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    values = vars(args)
+    config = Config(**values, given=tuple(sorted(values)))
+    if check:
+        validate(config)
+    return config
+
+
+def _known_models() -> list[str]:
+    try:
+        from model.registry import list_models
+    except ImportError:
+        return list(MODELS)
+    return sorted(set(list_models()))
+
+
+def _require_dir(path: str | None, flag: str, what: str) -> None:
+    if path is None or not Path(path).is_dir():
+        raise ConfigError(f"The {what} folder {path!r} given by {flag} does not exist.")
+
+
+def validate(config: Config, known_models: Sequence[str] | None = None) -> Config:
+    """Check values and paths; raise ConfigError with one sentence naming the flag. Returns the config."""
+    if not (config.train or config.test or config.demo):
+        raise ConfigError("Nothing to do: give -train=True, -test=True or --demo.")
+    positive = (("batch_size", "--batchSize/--batch-size"), ("epochs", "--epochs"), ("gpus", "--gpu/--gpus"),
+                ("demo_train_count", "--demo-train-count"), ("demo_test_count", "--demo-test-count"))
+    for name, flag in positive:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{flag} must be at least 1, not {getattr(config, name)}.")
+    if config.num_workers < 0:
+        raise ConfigError(f"--numWorker/--num-workers must be 0 or more, not {config.num_workers}.")
+    if config.seed < 0:
+        raise ConfigError(f"--seed must be 0 or more, not {config.seed}.")
+    if not config.lr > 0:
+        raise ConfigError(f"--lr must be positive, not {config.lr}.")
+    if config.weight_decay < 0:
+        raise ConfigError(f"--weight-decay must be 0 or more, not {config.weight_decay}.")
+    if not 0 < config.lr_decay <= 1:
+        raise ConfigError(f"--lr-decay must be in (0, 1], not {config.lr_decay}.")
+    if not 0 < config.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be between 0 and 1, not {config.val_fraction}.")
+    models = list(known_models) if known_models is not None else _known_models()
+    if config.model not in models:
+        raise ConfigError(f"Unknown --model={config.model!r}; choose one of {', '.join(models)}.")
+    if config.encoder not in ENCODERS:
+        raise ConfigError(f"Unknown --encoder={config.encoder!r}; choose one of {', '.join(ENCODERS)}.")
+    if config.gt not in GROUND_TRUTHS:
+        raise ConfigError(f"Unknown --gt={config.gt!r}; choose one of {', '.join(GROUND_TRUTHS)}.")
+    if config.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", config.device):
+        raise ConfigError(f"Unknown --device={config.device!r}; use cpu, cuda or cuda:N.")
+    if config.visible_devices is not None and not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", config.visible_devices):
+        raise ConfigError(f"--visibleDevice={config.visible_devices!r} is not a comma-separated list of GPU ids.")
+    if config.bfm not in ("auto", "synthetic") and not Path(config.bfm).is_dir():
+        raise ConfigError(f"The face-model folder {config.bfm!r} given by --bfm does not exist.")
+    if config.demo:
+        return config
+    if config.train:
+        _require_dir(config.train_dir, "-td/--train-dir", "training")
+        if config.val_dir is not None:
+            _require_dir(config.val_dir, "-vd/--val-dir", "validation")
+    if config.test:
+        _require_dir(config.predict_dir, "-pd/--predict-dir", "evaluation")
+        if not config.train and config.load_model_path is None:
+            raise ConfigError("-test=True without training needs --loadModelPath=PATH to a checkpoint.")
+    if config.load_model_path is not None and not Path(config.load_model_path).is_file():
+        raise ConfigError(f"The checkpoint {config.load_model_path!r} given by --loadModelPath does not exist.")
+    if config.resume not in (None, "auto") and not Path(config.resume).is_file():
+        raise ConfigError(f"The checkpoint {config.resume!r} given by --resume does not exist.")
+    if config.resume == "auto" and config.out is None:
+        raise ConfigError("--resume without a path needs --out=RUN_FOLDER (the run to continue).")
+    if config.gt == "reannotated":
+        if config.gt_file is None:
+            raise ConfigError("--gt=reannotated needs --gt-file=PATH to the re-annotated landmarks (.npy).")
+        if not Path(config.gt_file).is_file():
+            raise ConfigError(f"The landmark file {config.gt_file!r} given by --gt-file does not exist.")
+    return config
+
+
+def resolve_bfm(spec: str) -> str:
+    """'auto' -> DEFAULT_BFM_DIR when it holds BFM.mat, else 'synthetic'; other values unchanged."""
+    if spec != "auto":
+        return spec
+    return DEFAULT_BFM_DIR if (Path(DEFAULT_BFM_DIR) / "BFM.mat").is_file() else "synthetic"
