@@ -15,15 +15,13 @@ lands 9.7 px too high (NME 5.5 % instead of 0.78 %; tests/test_morphable.py).
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from faceutil.errors import FaceUtilError
+from faceutil.sampleio import atomic_save_mat
 
 @dataclass(frozen=True, eq=False)
 class MorphableModel:
@@ -146,21 +144,6 @@ def _read_mat(path, what: str) -> dict:
         raise FaceUtilError(f"{path} is a MATLAB v7.3 (HDF5) file; re-save it with save(..., '-v7') in MATLAB") from None
     except Exception as err:  # scipy raises ValueError/TypeError/OSError/... for corrupt or foreign files
         raise FaceUtilError(f"{path} is not a readable MATLAB .mat file ({type(err).__name__}: {err})") from None
-
-
-def _atomic_savemat(path: Path, mdict: dict) -> None:
-    """Write a .mat file under a temporary name in the same folder, then rename it into place."""
-    import scipy.io
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            scipy.io.savemat(fh, mdict, do_compression=False, oned_as="column")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _struct_fields(data: dict, key: str) -> dict:
@@ -297,8 +280,8 @@ def _write_bfm_files(out_dir, struct: dict, uv: np.ndarray) -> Path:
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_savemat(out / BFM_FILE, {"model": struct})
-        _atomic_savemat(out / UV_FILE, {"UV": np.asarray(uv, dtype=np.float64)})
+        atomic_save_mat(out / BFM_FILE, {"model": struct}, do_compression=False, oned_as="column")
+        atomic_save_mat(out / UV_FILE, {"UV": np.asarray(uv, dtype=np.float64)}, do_compression=False)
     except OSError as err:
         raise FaceUtilError(f"cannot write the morphable model to {out} ({err.strerror or err})") from None
     return out

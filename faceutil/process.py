@@ -168,20 +168,24 @@ class SampleProcessor:
         if annotated:
             info["pt3d_68"] = sample.pt3d_68
         if opts.full:
-            self._write_full(paths, image, verts, kpt)
+            self._write_full(paths, image, verts, kpt, h)
         if opts.visualize:
             sampleio.atomic_write_image(paths["vis"], visualize(cropped, posmap, self.layout.kpt_ind))
         sampleio.atomic_write_image(paths["image"], cropped)
         sampleio.atomic_save_npy(paths["posmap"], posmap)
         sampleio.write_bbox_info(paths["bbox_info"], info)  # written last: its presence marks the sample done
 
-    def _write_full(self, paths, image, verts, kpt) -> None:
+    def _write_full(self, paths, image, verts, kpt, height: int) -> None:
+        """The dense mesh (.obj, y up so viewers show it upright: y_obj = H + 1 - row) and the 68 landmarks
+        (.txt, original image px: x, row, z)."""
         from faceutil import mesh
 
         if self._obj is None:
             self._obj = mesh.ObjWriter(self.model.triangles)
         colors = mesh.sample_colors(image, verts[:, :2])
-        self._obj.write(paths["mesh"], verts, colors)
+        upright = verts.copy()
+        upright[:, 1] = height + 1 - upright[:, 1]
+        self._obj.write(paths["mesh"], upright, colors)
         mesh.write_landmarks(paths["kpt"], kpt)
 
 
@@ -277,6 +281,10 @@ def process_dataset(input_dir, output_dir, *, bfm: str = "synthetic", full: bool
             rows[name] = ("ok", "")
         else:
             todo.append((name, image_path))
+    # a hard kill can leave hidden temp files (never partial outputs); clear those of unfinished samples
+    stale = [p for name, _ in todo for p in output_paths(output_dir, name)["dir"].glob(".*.tmp")]
+    for p in stale + list(output_dir.glob(".index*.tmp")):
+        p.unlink(missing_ok=True)
     chunks = [(todo[k:k + CHUNK], output_dir) for k in range(0, len(todo), CHUNK)]
 
     def collect(results):
