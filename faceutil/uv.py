@@ -35,6 +35,10 @@ _BORDER_AT_256 = 5
 # groups in UV space. We draw each blob as a superellipse centred on the group's UV bounding box, its half-width
 # and upper / lower half-heights enlarged by the margins below (fractions of the UV distance between the outer eye
 # corners, 99.7 px in PRNet's 256 map); exponent _BLOB_EXPONENT. Fitted once to PRNet's BFM map (IoU 0.95).
+# Keypoints get 16 at exactly their rounded UV pixel, as in PRNet. Two deliberate differences from the PNG: it
+# holds 3 (grey 48) outside the face as well, which PRNet-PyTorch's loss cancels by multiplying with the face mask,
+# so we store 0 there directly (the paper's "neck 0"); and its ~150 grey-117..128 pixels beside some keypoints
+# (about twice the surrounding weight, a drawing artefact) are not reproduced.
 _BLOB_GROUPS = {
     # name: (landmark ids, (side margin, top margin, bottom margin))
     "eyes_brows": (tuple(range(17, 27)) + tuple(range(36, 48)), (0.040, 0.070, 0.211)),
@@ -100,7 +104,8 @@ class UVRenderer:
         uv = np.asarray(model.uv, dtype=np.float64)
         n = int(np.asarray(model.mean).shape[0])
         if uv.ndim != 2 or uv.shape != (n, 2):
-            raise FaceUtilError(f"the model's UV coordinates have shape {uv.shape}, expected ({n}, 2) (BFM_UV.mat 'UV')")
+            raise FaceUtilError(f"the model's UV coordinates have shape {uv.shape}, expected ({n}, 2) "
+                                "(BFM_UV.mat 'UV' must hold one (u, v) row per vertex)")
         self.size = int(size)
         # face3d / PRNet render position maps with the full topology: the face plus the triangles that close the
         # mouth (tri_mouth), so the lip gap inside the face mask gets positions too
