@@ -148,6 +148,7 @@ class Config:
     weight_decay: float = 2e-4
     lr_decay: float = 0.8
     seed: int = 0
+    time_limit: float = 0.0
     # hardware
     device: str | None = None
     gpus: int = 1
@@ -240,6 +241,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--weight-decay",), "weight_decay", _float, "Adam weight decay"),
     (("--lr-decay",), "lr_decay", _float, "learning-rate factor applied after every epoch (ExponentialLR)"),
     (("--seed",), "seed", _int, "seed of every random draw (initialisation, order, augmentation)"),
+    (("--time-limit",), "time_limit", _float, "stop training after this many minutes (the epoch in progress ends "
+                                              "early and is saved); 0 = no limit"),
     (("--device",), "device", str, "cpu, cuda or cuda:N; default: CUDA when available"),
     (("--gpu", "--gpus"), "gpus", _int, "processes to start on this node (DDP; one per GPU, or CPU "
                                                  "processes with gloo when --device=cpu)"),
@@ -318,6 +321,8 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
         raise ConfigError(f"--seed must be 0 or more, not {config.seed}.")
     if not config.lr > 0:
         raise ConfigError(f"--lr must be positive, not {config.lr}.")
+    if config.time_limit < 0:
+        raise ConfigError(f"--time-limit must be 0 (none) or more minutes, not {config.time_limit}.")
     if config.weight_decay < 0:
         raise ConfigError(f"--weight-decay must be 0 or more, not {config.weight_decay}.")
     if not 0 < config.lr_decay <= 1:

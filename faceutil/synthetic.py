@@ -24,13 +24,13 @@ THETA_MAX = math.radians(100.0)  # azimuth at u = 0 / u = 1 (a little behind the
 Y_BOTTOM, Y_TOP = -135_000.0, 95_000.0  # heights of rows v = 0 (neck) and v = 1 (forehead)
 _HEAD_HALF_WIDTH = 75_000.0  # widest half-width of the head (cheekbone / temple level)
 _HEAD_WIDEST_Y = 15_000.0
-_CHIN_BOTTOM_Y = -95_000.0  # where the head's half-width reaches 0 (the neck takes over)
+_CHIN_BOTTOM_Y = -95_000.0  # where the head's half-width and front depth reach 0 (the neck takes over)
 _FACE_DEPTH = 104_000.0  # depth of the face front (without features) in front of the vertical axis
 _JAW_CORNER_Y = -72_000.0  # below this the face front rounds off into the underside of the chin
-_CHIN_UNDER_Y = _CHIN_BOTTOM_Y  # where the face front depth reaches 0 too (no blade under the chin)
 _SUPERELLIPSE_P = 2.6  # > 2: a face front flatter than an ellipse
 _NECK_HALF_WIDTH, _NECK_DEPTH = 50_000.0, 52_000.0
 _UNION_SOFTNESS = 3_000.0
+_BFM_SIZED_VERTICES = 231 * 231  # the default grid; unit-norm bases get ev scaled by sqrt(n / this)
 
 # 68 landmarks, iBUG order. Jaw (0-16): (azimuth degrees, height) on the head's boundary; others: frontal (x, y).
 _K = 1000.0
@@ -55,7 +55,7 @@ EXP_MODE_NAMES = ("jaw_open", "smile", "lip_pucker", "brow_raise", "eye_close", 
                   "wink_left", "wink_right", "brow_raise_left", "brow_raise_right", "jaw_sideways",
                   "nose_wrinkle", "lip_press")
 JAW_OPEN = 0
-EYE_CLOSE_MODES = (4, 12, 13)
+EYE_CLOSE_MODES = tuple(EXP_MODE_NAMES.index(k) for k in ("eye_close", "wink_left", "wink_right"))
 _JAW_RAD_PER_UNIT = 0.035  # jaw rotation per unit of the jaw-open coefficient (para 3 ~ 6 degrees, ~12 mm)
 _HINGE_Y, _HINGE_Z = 5_000.0, -5_000.0  # jaw hinge axis (parallel to x), near the ears
 
@@ -92,7 +92,8 @@ def _smooth_curve(knots, y):
     slope = np.zeros_like(vs)
     inner = delta[:-1] * delta[1:] > 0
     w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
-    slope[1:-1] = np.where(inner, (w1 + w2) / (w1 / np.where(inner, delta[1:], 1.0) + w2 / np.where(inner, delta[:-1], 1.0)), 0.0)
+    safe_next, safe_prev = np.where(inner, delta[1:], 1.0), np.where(inner, delta[:-1], 1.0)
+    slope[1:-1] = np.where(inner, (w1 + w2) / (w1 / safe_next + w2 / safe_prev), 0.0)
     y = np.asarray(y, dtype=np.float64)
     i = np.clip(np.searchsorted(xs, y) - 1, 0, xs.size - 2)
     t = (y - xs[i]) / h[i]
@@ -108,7 +109,7 @@ def _head_profile(y):
     lower = _HEAD_HALF_WIDTH * _round_profile((_HEAD_WIDEST_Y - y) / (_HEAD_WIDEST_Y - _CHIN_BOTTOM_Y), 2.2)
     a = np.where(y >= _HEAD_WIDEST_Y, upper, lower)
     top = _FACE_DEPTH * np.sqrt(np.clip(1.0 - (np.maximum(y - 20_000.0, 0.0) / 230_000.0) ** 2, 0.0, 1.0))
-    bottom = _FACE_DEPTH * _round_profile((_JAW_CORNER_Y - y) / (_JAW_CORNER_Y - _CHIN_UNDER_Y), 2.5)
+    bottom = _FACE_DEPTH * _round_profile((_JAW_CORNER_Y - y) / (_JAW_CORNER_Y - _CHIN_BOTTOM_Y), 2.5)
     c = np.where(y >= _JAW_CORNER_Y, top, bottom)
     return np.maximum(a, 1.0), np.maximum(c, 1.0)
 
@@ -166,7 +167,6 @@ def _feature_depth(x, y):
     dz += 4_500.0 * _gauss(x, y, 0.0, -34_000.0, 17_000.0, 3_500.0)  # upper lip
     dz += 4_500.0 * _gauss(x, y, 0.0, -45_000.0, 14_500.0, 3_800.0)  # lower lip
     dz -= 2_500.0 * np.exp(-0.5 * ((y - _mouth_line(x)) / 1_100.0) ** 2 - (x / 23_000.0) ** 6)  # mouth slit
-    dz -= 1_500.0 * _gauss(x, y, 0.0, -27_000.0, 3_000.0, 4_000.0) * 0.0  # (philtrum kept flat)
     dz -= 3_500.0 * _gauss(x, y, 0.0, -56_000.0, 13_000.0, 4_000.0)  # labiomental fold
     dz += 5_500.0 * _gauss(x, y, 0.0, -70_000.0, 14_000.0, 8_000.0)  # chin
     return dz
@@ -329,8 +329,10 @@ def _shape_basis(grid, n_shape, rng):
             sel = np.flatnonzero(coord[start:stop] == c)
             if sel.size:  # einsum's own loops: no multi-threaded BLAS call on this hot path
                 basis[:, c, start:stop] = np.einsum("nk,kl->nl", fields[:, start + sel], q[sel, :])
-    ev = (6.0e5 / (1.0 + np.arange(n_shape))).astype(np.float32)
-    return basis.reshape(3 * n, n_shape), ev
+    # standard deviations: 4e5 / (k + 1) at the BFM-like size (Shape_Para of order 1e5, like the genuine fits),
+    # scaled by sqrt(n / n_BFM) so that a draw deforms the face by the same micrometres on any grid
+    ev = 4.0e5 / (1.0 + np.arange(n_shape)) * math.sqrt(n / _BFM_SIZED_VERTICES)
+    return basis.reshape(3 * n, n_shape), ev.astype(np.float32)
 
 
 def _expression_basis(pts, theta, head_frac, front, n_exp, rng):
@@ -338,7 +340,7 @@ def _expression_basis(pts, theta, head_frac, front, n_exp, rng):
     n = pts.shape[0]
     x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
     ax = np.abs(x)
-    side = np.sign(x)
+    left = (1.0 / (1.0 + np.exp(-np.clip(x / 4_000.0, -50.0, 50.0))))[:, None]  # smooth 0 -> 1 across x = 0
     fw = front  # features live on the front of the head
     modes = []
 
@@ -386,13 +388,13 @@ def _expression_basis(pts, theta, head_frac, front, n_exp, rng):
     puff = (_pair(x, y, 40_000, -35_000, 13_000, 13_000) * fw * 2_500.0)[:, None] * \
         np.stack([np.sin(theta), 0 * x, np.cos(theta)], axis=1)
     modes.append(puff)
-    modes.append(np.where((side > 0)[:, None], smile, 0.0))
-    modes.append(np.where((side < 0)[:, None], smile, 0.0))
+    modes.append(smile * left)
+    modes.append(smile * (1.0 - left))
     modes.append(eye_close((1,)))
     modes.append(eye_close((-1,)))
-    modes.append(np.where((side > 0)[:, None], brow_raise, 0.0))
-    modes.append(np.where((side < 0)[:, None], brow_raise, 0.0))
-    modes.append(np.stack([w_jaw * 2_500.0, 0 * x, 0 * x], axis=1))  # jaw sideways
+    modes.append(brow_raise * left)
+    modes.append(brow_raise * (1.0 - left))
+    modes.append(np.stack([w_jaw * 1_500.0, 0 * x, 0 * x], axis=1))  # jaw sideways
     modes.append(local(0, 12_000, 9_000, 8_000, (0, 1_200, 0), mirror=False)
                  + local(11_000, -15_000, 5_000, 5_000, (0, 1_000, 0)))  # nose wrinkle
     modes.append(local(0, -40_000, 20_000, 7_000, (0, 0, -2_000), mirror=False))  # lip press
@@ -403,14 +405,16 @@ def _expression_basis(pts, theta, head_frac, front, n_exp, rng):
         cx, cy = centres[(len(modes) - len(EXP_MODE_NAMES)) % len(centres)]
         jitter = rng.uniform(-4_000, 4_000, size=2)
         direction = rng.standard_normal(3)
-        direction *= 1_300.0 / np.linalg.norm(direction)
+        direction *= 1_000.0 / np.linalg.norm(direction)
         size = rng.uniform(6_000, 11_000)
         modes.append(local(cx * _K + jitter[0], cy * _K + jitter[1], size, size * 0.8, direction,
                            mirror=bool(rng.integers(0, 2)) and cx != 0))
     pcs = np.stack([m.reshape(-1) for m in modes[:n_exp]], axis=1).astype(np.float32)
-    ev = np.array([1.5, 1.2, 1.0, 0.85, 0.75, 0.65, 0.6, 0.55, 0.5, 0.45] + [0.4] * 9 + [0.3] * 20,
-                  dtype=np.float32)[:n_exp]
-    return pcs, ev
+    # standard deviations like the genuine Exp_Para (std 1.4, 1.1, 1.0, 0.7, 0.5, ... over the 32 files)
+    ev = np.full(n_exp, 0.3)
+    head = [1.5, 1.2, 1.0, 0.85, 0.75, 0.65, 0.6, 0.55, 0.5, 0.45] + [0.4] * 9
+    ev[: min(n_exp, len(head))] = head[:n_exp]
+    return pcs, ev.astype(np.float32)
 
 
 def _texture_basis(grid, n_tex):
@@ -442,7 +446,8 @@ def build_synthetic_model(seed: int = 0, grid: int = 231, n_shape: int = 199, n_
             105,840). n_shape (<= 3 * 255), n_exp (>= 1), n_tex: numbers of shape / expression / texture components.
     Returns:
         MorphableModel in BFM units: mean (n, 3) micrometres; shape_pc (3n, K) orthonormal columns with shape_ev
-        (K,) standard deviations ~6e5 / (k + 1) (Shape_Para entries of order 1e5); exp_pc (3n, E) in micrometres
+        (K,) standard deviations 4e5 / (k + 1) at grid 231 (Shape_Para entries of order 1e5; scaled by
+        grid / 231 on other grids so that draws deform the face equally); exp_pc (3n, E) in micrometres
         per unit coefficient with exp_ev (E,) ~1.5 .. 0.3 (Exp_Para of order +-3); column 0 opens the jaw, 4 closes
         the eyes (see EXP_MODE_NAMES). uv (n, 2) = the grid (u right, v up).
     """
@@ -497,8 +502,9 @@ def draw_params(rng: np.random.Generator, model: MorphableModel, kind: str = "30
 
     Pose: yaw up to +-90 degrees (300W-LP: 30 % near-frontal N(0, 12 deg), else uniform; AFLW2000: its |yaw| bins
     65.6 / 19.2 / 15.3 %), pitch N(0, 10 deg) and roll N(0, 8 deg) clipped to +-30 deg, scale U(1.0e-3, 1.6e-3)
-    (face ~150-230 px wide on 450 px), tz U(-100, -20); tx, ty put the 68 landmarks' box near the image centre
-    (shift up to 8 % of the size, kept >= 8 px inside), so tx, ty come out ~100-350 px as in the genuine files.
+    (face ~150-230 px wide on 450 px), tz U(-100, -20); tx, ty put the 68 landmarks' box where the genuine crops
+    have it (centre x ~ (0.505 + 0.1 sin yaw) W, row ~ 0.618 H, a few px of jitter, >= 8 px inside the image),
+    so tx ~ 110-340 and ty ~ 120-270 px as in the genuine files.
     Shape_Para ~ N(0, shape_ev) (entries ~1e5); Exp_Para ~ N(0, exp_ev) clipped to +-3.5, with the jaw-open
     coefficient made non-negative and eye closing >= -1 (no lips through lips, no staring eyes).
 
@@ -523,14 +529,17 @@ def draw_params(rng: np.random.Generator, model: MorphableModel, kind: str = "30
     for k in EYE_CLOSE_MODES:
         if k < model.n_exp:
             exp_para[k] = max(exp_para[k], -1.0)
-    # place the landmark box: project with t = 0, then shift its centre near the image centre
+    # place the landmark box where the genuine crops have it (32 files in ../shared/data): its centre sits at
+    # x ~ W (0.505 + 0.1 sin yaw) (the crop is centred on the head, not on the face), row ~ 0.618 H; then
+    # keep every landmark >= 8 px inside the image
     pose = np.array([pitch, yaw, roll, 0.0, 0.0, tz, scale])
     pts = project(model.landmarks(shape_para, exp_para), pose, image_size)[:, :2].astype(np.float64)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
+    centre = image_size * np.array([0.505 + 0.1 * math.sin(yaw) + rng.normal(0.0, 0.02),
+                                    0.618 + rng.normal(0.0, 0.015)])
     margin = 8.0
-    room = np.maximum((image_size - 2 * margin - (hi - lo)) / 2.0, 0.0)
-    shift = rng.uniform(-1.0, 1.0, size=2) * np.minimum(room, 0.08 * image_size)
-    centre = image_size / 2.0 + shift
+    half = (hi - lo) / 2.0
+    centre = np.clip(centre, margin + half, np.maximum(image_size - 1.0 - margin - half, margin + half))
     offset = centre - (lo + hi) / 2.0  # in image x / row
     pose[3] = offset[0]
     pose[4] = -offset[1]  # row = H + 1 - world_y: a row shift of +d needs ty -= d

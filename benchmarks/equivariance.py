@@ -1,0 +1,284 @@
+"""Rotation study of the encoders: 90 and 45 degree equivariance errors, parameter counts and forward timings.
+
+Owns benchmarks/results/equivariance.md. Run from the repository root:  python -m benchmarks.equivariance
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from model.encoder import CNNEncoder, E2Encoder, rot90_equivariance_error
+
+RESULTS = Path(__file__).resolve().parent / "results" / "equivariance.md"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs and rotations
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def smooth_input(size: int, seed: int, sigma: float = 4.0, dtype=torch.float64) -> torch.Tensor:
+    """(1, 3, size, size) Gaussian-blurred uniform noise in about [0, 1], faded to 0 outside a central disk.
+
+    The soft disk window (1 inside radius 0.35*size, cosine taper to 0 at 0.48*size) keeps the rotated image free of
+    empty corners, so rotating it changes nothing but the orientation (up to bilinear interpolation).
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, size, size, generator=g, dtype=dtype)
+    radius = int(math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(3, 1, 1, 1),
+                 groups=3)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).repeat(3, 1, 1, 1),
+                 groups=3)
+    x = (x - x.mean()) / x.std() * 0.25 + 0.5                    # blurred noise has a tiny spread: restore it
+    r = _radius_map(size, dtype) / size
+    window = torch.clamp((0.48 - r) / (0.48 - 0.35), 0.0, 1.0)
+    window = torch.sin(0.5 * math.pi * window) ** 2
+    return x * window
+
+
+def _radius_map(size: int, dtype) -> torch.Tensor:
+    """(size, size) distance of each pixel centre from the array centre, in pixels."""
+    c = (size - 1) / 2
+    t = torch.arange(size, dtype=dtype) - c
+    return torch.sqrt(t[:, None] ** 2 + t[None, :] ** 2)
+
+
+def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate (B, C, H, W) maps counter-clockwise (as displayed) about the array centre, bilinear, zeros outside."""
+    a = math.radians(degrees)
+    # output pixel (u, v) reads the input at R(-a) (u, v); normalised coords (x right, y down), align_corners=True
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
+    grid = F.affine_grid(theta[None].expand(x.shape[0], 2, 3), list(x.shape), align_corners=True)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def _check_rotate_direction() -> None:
+    """rotate(x, 90) must agree with torch.rot90(x, 1) (the quarter turn used for the exact checks)."""
+    x = torch.rand(1, 1, 9, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(rotate(x, 90.0), torch.rot90(x, 1, dims=(-2, -1)), atol=1e-9)
+
+
+@torch.no_grad()
+def rotation_error(module, x: torch.Tensor, degrees: float, disk: float = 0.3) -> float:
+    """||f(rot x) - rot f(x)|| / ||rot f(x)|| over the output pixels within ``disk`` * output size of the centre."""
+    y = module(x)
+    y_rot = module(rotate(x, degrees))
+    ref = rotate(y, degrees)
+    mask = (_radius_map(y.shape[-1], y.dtype) <= disk * y.shape[-1]).to(y.dtype)
+    return float(torch.linalg.vector_norm((y_rot - ref) * mask) / torch.linalg.vector_norm(ref * mask))
+
+
+class GridSampler(torch.nn.Module):
+    """A perfectly rotation-invariant reference map: the input resampled at the 1/8 output grid of ``layout``.
+
+    Measures the floor of the 45 degree metric (bilinear interpolation of a 32x32 map), not a network.
+    """
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset  # input coordinate of output pixel 0: 3.5 for pooled grids, 0 for stride-2 grids
+
+    def forward(self, x):
+        n_out = (x.shape[-1] - 1) // 8 + 1 if self.offset == 0 else x.shape[-1] // 8
+        pos = self.offset + 8 * torch.arange(n_out, dtype=x.dtype)
+        norm = pos / (x.shape[-1] - 1) * 2 - 1
+        gy, gx = torch.meshgrid(norm, norm, indexing="ij")
+        grid = torch.stack([gx, gy], dim=-1)[None].expand(x.shape[0], -1, -1, -1)
+        return F.grid_sample(x, grid, mode="bilinear", align_corners=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def time_encoders(encoders: dict, repeats: int) -> list[tuple[str, str, float, float]]:
+    """Rows (name, mode, ms at batch 1, ms at batch 16), float32 forward at 256, median of ``repeats`` runs."""
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    x1 = torch.rand(1, 3, 256, 256, generator=gen)
+    x16 = torch.rand(16, 3, 256, 256, generator=gen)
+    for name, enc in encoders.items():
+        variants = []
+        if isinstance(enc, E2Encoder):
+            variants.append(("e2cnn eval (cached filters)", enc.eval()))
+        variants.append(("exported plain torch (BN folded)", enc.export()))
+        for mode, net in variants:
+            with torch.inference_mode():
+                t1 = _median_ms(lambda: net(x1), repeats)
+                t16 = _median_ms(lambda: net(x16), max(3, repeats // 3))
+            rows.append((name, mode, t1, t16))
+        enc.train()
+
+        def train_step(enc=enc):
+            enc.zero_grad(set_to_none=True)
+            enc(x16).square().mean().backward()
+
+        rows.append((name, "training forward+backward", float("nan"), _median_ms(train_step, 3)))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _n_params(m) -> int:
+    return sum(p.numel() for p in m.parameters() if p.requires_grad)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="markdown file to write")
+    parser.add_argument("--seeds", type=int, default=3, help="random smooth inputs averaged for the 45 deg error")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (median reported)")
+    parser.add_argument("--no-timing", action="store_true", help="skip the forward/training timings")
+    args = parser.parse_args(argv)
+    _check_rotate_direction()
+    started = _dt.datetime.now(_dt.timezone.utc)
+    load_before = os.getloadavg()
+
+    torch.manual_seed(0)
+    encoders = {
+        "E2Encoder faithful": E2Encoder("faithful"),
+        "E2Encoder aligned": E2Encoder("aligned"),
+        "CNNEncoder faithful": CNNEncoder("faithful"),
+    }
+    params = {name: _n_params(e) for name, e in encoders.items()}
+
+    # exact quarter turns, float64, eval mode (BN at its initial running statistics), uniform random input
+    cases = [("E2Encoder faithful", 256), ("E2Encoder faithful", 257), ("E2Encoder aligned", 256),
+             ("E2Encoder aligned", 257), ("CNNEncoder faithful", 256), ("CNNEncoder faithful", 257)]
+    rot90 = []
+    for name, size in cases:
+        net = encoders[name].double().eval()
+        x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        errs = [rot90_equivariance_error(net, x, k) for k in (1, 2, 3)]
+        with torch.no_grad():
+            out_size = net(x).shape[-1]
+        rot90.append((name, size, out_size, errs))
+
+    # 45 degrees on smooth inputs, central disk of the outputs
+    cases45 = [("E2Encoder faithful", 256), ("E2Encoder faithful", 257), ("E2Encoder aligned", 256),
+               ("CNNEncoder faithful", 256), ("reference: input resampled on the output grid", 256)]
+    rot45 = []
+    for name, size in cases45:
+        if name.startswith("reference"):
+            net = GridSampler(offset=3.5)
+        else:
+            net = encoders[name].double().eval()
+        errs = [rotation_error(net, smooth_input(size, seed), 45.0) for seed in range(args.seeds)]
+        rot45.append((name, size, statistics.mean(errs), max(errs)))
+
+    for e in encoders.values():
+        e.float()
+    timings = [] if args.no_timing else time_encoders(encoders, args.repeats)
+    load_after = os.getloadavg()
+    finished = _dt.datetime.now(_dt.timezone.utc)
+
+    lines = [
+        "# Encoder rotation study",
+        "",
+        f"Command: `python -m benchmarks.equivariance --seeds {args.seeds} --repeats {args.repeats}"
+        f"{' --no-timing' if args.no_timing else ''}` (from the repository root)",
+        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores visible, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} intra-op threads; shared with other jobs (1-min load average "
+        f"{load_before[0]:.1f} at start, {load_after[0]:.1f} at end).",
+        f"Date: {started:%Y-%m-%d %H:%M} to {finished:%H:%M} UTC.",
+        "",
+        "All encoders are randomly initialised (torch seed 0) and evaluated in eval mode, so BatchNorm uses its",
+        "initial running statistics; errors are computed in float64.",
+        "",
+        "## Parameters",
+        "",
+        "| encoder | trainable parameters |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {n:,} |" for name, n in params.items()]
+    lines += [
+        "",
+        "`E2Encoder aligned` has exactly the parameters of `faithful` (pooling replaces strides); "
+        "`CNNEncoder aligned` has those of `CNNEncoder faithful`.",
+        "",
+        "## Quarter turns (exact rotations)",
+        "",
+        "Relative error ||f(rot90^k x) - rot90^k f(x)|| / ||f(x)|| on a uniform random input, k = 1, 2, 3.",
+        "",
+        "| encoder | input | output | 90 deg | 180 deg | 270 deg |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {n} | {s} | {o} | {e[0]:.2e} | {e[1]:.2e} | {e[2]:.2e} |" for n, s, o, e in rot90]
+    lines += [
+        "",
+        "## 45 degrees (approximate rotations)",
+        "",
+        f"Input: uniform noise blurred with a Gaussian (sigma 4 px), faded to zero outside a central disk; rotated by "
+        f"45 deg with bilinear interpolation. Error: ||f(rot x) - rot f(x)|| / ||rot f(x)|| over output pixels within "
+        f"0.3 x output size of the centre (the output rotated bilinearly too); mean and max over {args.seeds} inputs.",
+        "The reference row is an exactly invariant map (the input sampled on the 1/8 output grid): the floor that "
+        "interpolation alone puts under this metric.",
+        "",
+        "| map | input | mean error | max error |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {n} | {s} | {m:.3f} | {mx:.3f} |" for n, s, m, mx in rot45]
+    if timings:
+        lines += [
+            "",
+            "## Timings (float32, 256x256 input)",
+            "",
+            f"Median wall time of {args.repeats} runs at batch 1 and {max(3, args.repeats // 3)} at batch 16 "
+            f"(training: 3 runs at batch 16, train mode, loss = mean square of the output). The machine is shared: "
+            f"see the load average above.",
+            "",
+            "| encoder | mode | batch 1 (ms) | batch 16 (ms) |",
+            "|---|---|---:|---:|",
+        ]
+        for name, mode, t1, t16 in timings:
+            t1s = "" if math.isnan(t1) else f"{t1:.1f}"
+            lines.append(f"| {name} | {mode} | {t1s} | {t16:.0f} |")
+    lines.append("")
+    _atomic_write_text(args.out, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

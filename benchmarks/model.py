@@ -1,0 +1,228 @@
+"""Speed benchmark of the networks: forward latency at batch 1 and 16, one training step (forward + backward + Adam)
+at batch 16, per-stage times and peak memory, for E2TKFace (equivariant / exported encoder) and PRNet.
+
+Owns benchmarks/results/model.md. Run from the repository root:  python -m benchmarks.model  [--threads 2]
+Each model is measured in its own subprocess (clean peak RSS); times are the median (and min) of repeated runs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results" / "model.md"
+
+# name -> (registry name, kwargs, use export twin, channels_last, precision)
+VARIANTS = {
+    "e2tkface": ("e2tkface", {}, False, False, "fp32"),
+    "e2tkface-export": ("e2tkface", {}, True, False, "fp32"),
+    "prnet": ("prnet", {}, False, False, "fp32"),
+    "e2tkface-export-cl": ("e2tkface", {}, True, True, "fp32"),
+    "prnet-cl": ("prnet", {}, False, True, "fp32"),
+    "e2tkface-export-bf16": ("e2tkface", {}, True, True, "bf16"),
+    "prnet-bf16": ("prnet", {}, False, True, "bf16"),
+}
+LABELS = {
+    "e2tkface": "E2TKFace (equivariant encoder)",
+    "e2tkface-export": "E2TKFace (exported encoder)",
+    "prnet": "PRNet",
+    "e2tkface-export-cl": "E2TKFace (exported encoder), channels_last",
+    "prnet-cl": "PRNet, channels_last",
+    "e2tkface-export-bf16": "E2TKFace (exported encoder), channels_last + bf16 autocast",
+    "prnet-bf16": "PRNet, channels_last + bf16 autocast",
+}
+DEFAULT_VARIANTS = ("e2tkface", "e2tkface-export", "prnet", "e2tkface-export-cl", "prnet-cl")
+
+
+def _timed(fn, reps: int, warmup: int = 1) -> dict:
+    """Run fn warmup + reps times; seconds as median and min of the timed reps."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median": statistics.median(times), "min": min(times), "reps": reps}
+
+
+def _stages(net, prnet: bool):
+    """(name, callable(x) -> y) of the network's stages in order."""
+    if prnet:
+        return [("encoder", net.encoder), ("decoder", net.decoder)]
+    return [("encoder", net.encoder), ("attention neck", lambda t: net.global_layer(net.neck(t))),
+            ("decoder", net.decoder)]
+
+
+def run_worker(variant: str, threads: int, reps: int, big_batch: int) -> dict:
+    """Measure one variant in this process; returns a JSON-able dict."""
+    import torch
+
+    import model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    name, kwargs, export, channels_last, precision = VARIANTS[variant]
+    t0 = time.perf_counter()
+    net = model.build_model(name, **kwargs)
+    build_s = time.perf_counter() - t0
+    if export:
+        net = net.export()
+    if channels_last:
+        model.to_channels_last(net)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    ctx = lambda: model.autocast_context("cpu", precision)                    # noqa: E731
+    out = {"variant": variant, "label": LABELS[variant], "threads": threads, "build_s": build_s,
+           "params": model.summary(net).params}
+    loss_fn = model.WeightedPosmapLoss(torch.ones(256, 256))
+
+    net.eval()
+    for batch, n in ((1, reps * 3), (big_batch, reps)):
+        x = torch.rand(batch, 3, 256, 256).contiguous(memory_format=fmt)
+        with torch.no_grad(), ctx():
+            out[f"infer_b{batch}"] = _timed(lambda: net(x), n)
+            stage_times, t = {}, x
+            for stage, fn in _stages(net, name == "prnet"):
+                inp = t
+                stage_times[stage] = _timed(lambda: fn(inp), n)
+                t = fn(inp)
+            out[f"stages_b{batch}"] = stage_times
+
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=2e-4)
+    x = torch.rand(big_batch, 3, 256, 256).contiguous(memory_format=fmt)
+    target = torch.rand(big_batch, 3, 256, 256)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with ctx():
+            loss = loss_fn(net(x), target)
+        loss.backward()
+        opt.step()
+
+    out[f"train_b{big_batch}"] = _timed(step, reps)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return out
+
+
+def _machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def _fmt(t: dict) -> str:
+    return f"{t['median']:.3f} ({t['min']:.3f})"
+
+
+def write_report(results: list[dict], args, load_before, load_after, path: Path) -> str:
+    """Markdown report; returns its text."""
+    by = {r["variant"]: r for r in results}
+    bb = args.batch
+    lines = [
+        "# Network speed: E2TKFace vs PRNet (CPU)",
+        "",
+        f"- Date (UTC): {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M}",
+        f"- Machine: {_machine()}",
+        f"- Threads: torch.set_num_threads({args.threads}); each model measured in its own subprocess",
+        f"- Command: `python -m benchmarks.model {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        f"- Load average before / after: {load_before} / {load_after} (other processes sharing the cores inflate"
+        " and scatter the times; compare ratios measured in the same run)",
+        f"- Times in seconds: median (min) of {args.reps} timed reps at batch {bb} and {3 * args.reps} at batch 1,"
+        " after one warm-up run. Training step = forward + weighted-MSE loss + backward + Adam at batch "
+        f"{bb}. Inference in eval mode under torch.no_grad().",
+        "",
+        f"| model | params | infer b1 | infer b{bb} | train step b{bb} | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r['label']} | {r['params']:,} | {_fmt(r['infer_b1'])} | {_fmt(r[f'infer_b{bb}'])} | "
+                     f"{_fmt(r[f'train_b{bb}'])} | {r['peak_rss_mb']:.0f} |")
+    ref = by.get("prnet")
+    if ref:
+        lines += ["", "Ratios to PRNet measured in the same run (median; < 1 = faster than PRNet):", "",
+                  f"| model | infer b1 | infer b{bb} | train step b{bb} |", "|---|---:|---:|---:|"]
+        for r in results:
+            base = by.get("prnet-cl" if r["variant"].endswith("-cl") and "prnet-cl" in by else "prnet")
+            if r["variant"].endswith("-bf16") and "prnet-bf16" in by:
+                base = by["prnet-bf16"]
+            cells = [f"{r[k]['median'] / base[k]['median']:.2f}" for k in ("infer_b1", f"infer_b{bb}", f"train_b{bb}")]
+            lines.append(f"| {r['label']} (vs {base['label']}) | " + " | ".join(cells) + " |")
+    lines += ["", "Per-stage inference times, median (min) seconds:", "",
+              "| model | batch | " + " | ".join(["encoder", "attention neck", "decoder"]) + " |",
+              "|---|---:|---:|---:|---:|"]
+    for r in results:
+        for batch in (1, bb):
+            st = r[f"stages_b{batch}"]
+            cells = [_fmt(st[s]) if s in st else "-" for s in ("encoder", "attention neck", "decoder")]
+            lines.append(f"| {r['label']} | {batch} | " + " | ".join(cells) + " |")
+    lines += ["", "Targets (2 threads, E2TKFace): inference <= 0.060 s at batch 1 and <= 1.2 s at batch 16, training "
+              "step <= 3.8 s at batch 16. Published implementation: 0.133 / 2.30 / 5.45 s; PRNet 0.074 / 1.94 / "
+              "4.60 s.", ""]
+    text = "\n".join(lines)
+    if not args.no_write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per measurement (default 2)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions at the big batch (batch 1 gets 3x)")
+    ap.add_argument("--batch", type=int, default=16, help="the big batch size (default 16)")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="markdown report path")
+    ap.add_argument("--no-write", action="store_true", help="print the report only")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args.threads, args.reps, args.batch)))
+        return 0
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"error: unknown --variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
+    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    results = []
+    for v in variants:
+        cmd = [sys.executable, "-m", "benchmarks.model", "--worker", v, "--threads", str(args.threads),
+               "--reps", str(args.reps), "--batch", str(args.batch)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+        if proc.returncode != 0:
+            print(f"error: measuring {v} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{v}: done", file=sys.stderr, flush=True)
+    load_after = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(write_report(results, args, load_before, load_after, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

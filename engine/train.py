@@ -1,0 +1,424 @@
+"""The training loop: data, model, Adam + ExponentialLR, weighted position-map loss, validation, checkpoints.
+
+Single process, one node of N spawned processes (--gpu=N), or PyTorch's torchrun launcher (RANK/WORLD_SIZE set).
+Every epoch writes last.pth (and best.pth when the validation loss improves) atomically; --resume continues
+bit-for-bit (model, optimiser, scheduler, epoch, RNG and data-order states).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from config import Config, ConfigError, resolve_bfm
+from engine import distributed as D
+from engine.checkpoint import (capture_rng_state, check_model_identity, load_checkpoint, load_weights,
+                               make_checkpoint, restore_rng_state, save_checkpoint, unwrap)
+from engine.errors import RunError
+from engine.monitor import Monitor, landmark_panel, posmap_panel
+
+POSMAP_SCALE = 280.0
+ModelFactory = Callable[..., nn.Module]
+
+
+@dataclass
+class TrainResult:
+    """Where a finished training run left its files, and its per-epoch history."""
+
+    out: Path
+    best_path: Path
+    last_path: Path
+    history: list = field(default_factory=list)
+    model: nn.Module | None = None          # the trained network (unwrapped; None after a spawned run)
+
+
+# ------------------------------------------------------------------------------------------------ small helpers
+def model_spec(config: Config) -> tuple[str, dict]:
+    """(registered model name, constructor kwargs) the config asks for; --encoder applies to e2tkface only."""
+    kwargs = dict(config.model_kwargs)
+    if config.model == "e2tkface":
+        kwargs.setdefault("encoder", config.encoder)
+    return config.model, kwargs
+
+
+def default_factory(name: str, **kwargs) -> nn.Module:
+    from model.registry import build_model
+
+    try:
+        return build_model(name, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"Cannot build --model={name} with arguments {kwargs}: {err}.") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_run_folder(config: Config) -> Config:
+    """Fill in --out: the resumed checkpoint's folder, or savedmodel/<model>-<YYYYmmdd-HHMMSS>."""
+    if config.out is not None:
+        return config
+    if config.resume not in (None, "auto"):
+        return config.replace(out=str(Path(config.resume).parent))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return config.replace(out=str(Path("savedmodel") / f"{config.model}-{stamp}"))
+
+
+def resume_path(config: Config) -> Path | None:
+    if config.resume is None:
+        return None
+    path = Path(config.out) / "last.pth" if config.resume == "auto" else Path(config.resume)
+    if not path.is_file():
+        raise RunError(f"Cannot resume: {path} does not exist.")
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def uv_tables(bfm: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weight_mask (256,256) float32, kpt_ind (2,68) int64, face_mask (256,256) bool) of the face model's UV.
+
+    bfm: "synthetic" or a face3d data/Out folder. Cached per process (building the synthetic model takes seconds).
+    """
+    from faceutil.morphable import load_model
+    from faceutil.uv import build_uv_layout
+
+    layout = build_uv_layout(load_model(bfm))
+    return (np.asarray(layout.weight_mask, dtype=np.float32), np.asarray(layout.kpt_ind, dtype=np.int64),
+            np.asarray(layout.face_mask, dtype=bool))
+
+
+def to_posmaps(output: torch.Tensor) -> np.ndarray:
+    """Network output (B, 3, H, W) = posmap / 280 -> (B, H, W, 3) float32 position maps in crop pixels."""
+    return (output.detach().float().cpu() * POSMAP_SCALE).permute(0, 2, 3, 1).numpy()
+
+
+def to_uint8_images(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8."""
+    return (images.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def is_test_like(val_dir: str, predict_dir: str | None) -> bool:
+    """Whether -vd looks like the evaluation set: same folder as -pd, AFLW2000 in its name, or pt3d_68 inside."""
+    vd = Path(val_dir).resolve()
+    if predict_dir is not None and Path(predict_dir).exists() and vd == Path(predict_dir).resolve():
+        return True
+    if "aflw2000" in vd.name.lower():
+        return True
+    try:
+        from data.index import BBOX_SUFFIX, read_index
+        from faceutil.sampleio import read_bbox_info
+
+        first = read_index(vd)[0]
+        return "pt3d_68" in read_bbox_info(vd / first / (first + BBOX_SUFFIX))
+    except Exception:  # noqa: BLE001 - a heuristic only; the dataset itself reports real problems
+        return False
+
+
+def _say(info: D.DistInfo, text: str) -> None:
+    if info.is_main:
+        print(text, file=sys.stderr if text.startswith("warning") else sys.stdout, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ validation
+@torch.no_grad()
+def validate(model: nn.Module, dataset, loss_fn: nn.Module, kpt_ind: np.ndarray, device: torch.device,
+             batch_size: int) -> dict:
+    """Mean validation loss and landmark NME (2D, %, crop coordinates) over ``dataset`` (PosmapDataset items).
+
+    Returns {"loss": float, "nme2d": float, "count": int, "sample": (image uint8, true posmap, pred posmap)}.
+    """
+    from faceutil.metrics import nme
+    from faceutil.uv import posmap_landmarks
+
+    was_training = model.training
+    model.eval()
+    total, count, nmes, sample = 0.0, 0, [], None
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for batch in loader:
+        x = batch["image"].to(device)
+        y = batch["posmap"].to(device)
+        out = model(x)
+        total += float(loss_fn(out, y)) * x.shape[0]
+        count += x.shape[0]
+        pred, true = to_posmaps(out), to_posmaps(y)
+        nmes.append(nme(posmap_landmarks(pred, kpt_ind)[..., :2], posmap_landmarks(true, kpt_ind)[..., :2]))
+        if sample is None:
+            sample = (to_uint8_images(x[:1])[0], true[0], pred[0])
+    model.train(was_training)
+    values = np.concatenate(nmes) if nmes else np.array([np.nan])
+    return {"loss": total / max(count, 1), "nme2d": float(np.nanmean(values)), "count": count, "sample": sample}
+
+
+def log_sample(monitor: Monitor, sample, kpt_ind: np.ndarray, step: int, prefix: str = "val") -> None:
+    """TensorBoard images: crop with true (green) / predicted (red) landmarks; posmap channels truth/prediction."""
+    if sample is None or not monitor.enabled:
+        return
+    from faceutil.uv import posmap_landmarks
+
+    image, true, pred = sample
+    panel = landmark_panel(image, posmap_landmarks(true, kpt_ind), posmap_landmarks(pred, kpt_ind))
+    monitor.image(f"{prefix}/landmarks", panel, step)
+    monitor.image(f"{prefix}/posmap_xyz", posmap_panel(true, pred), step)
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+def run_training(config: Config, model_factory: ModelFactory | None = None, uv: tuple | None = None) -> TrainResult:
+    """Train as the config says: one process, --gpu=N spawned processes, or one rank under torchrun.
+
+    model_factory(name, **kwargs) -> nn.Module (default model.registry.build_model); uv: precomputed
+    uv_tables(...) result (default: computed from --bfm).
+    """
+    if D.launched_by_torchrun():
+        return train_worker(config, D.info_from_env(), model_factory, uv)
+    if config.gpus > 1:
+        config = resolve_run_folder(config)
+        uv = uv if uv is not None else uv_tables(resolve_bfm(config.bfm))
+        D.spawn(_spawned_worker, (config, model_factory, uv), config.gpus)
+        out = Path(config.out)
+        history = json.loads((out / "history.json").read_text()) if (out / "history.json").is_file() else []
+        return TrainResult(out, out / "best.pth", out / "last.pth", history)
+    return train_worker(config, D.DistInfo(), model_factory, uv)
+
+
+def _spawned_worker(config: Config, model_factory: ModelFactory | None, uv: tuple | None) -> None:
+    train_worker(config, D.info_from_env(), model_factory, uv)
+
+
+def train_worker(config: Config, info: D.DistInfo, model_factory: ModelFactory | None = None,
+                 uv: tuple | None = None) -> TrainResult:
+    """One training process (rank ``info.rank`` of ``info.world_size``)."""
+    device = D.process_device(config.device, info)
+    if info.distributed and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))   # no oversubscription of the cores
+    D.init_process_group(info, device)
+    try:
+        return _train(config, info, device, model_factory or default_factory, uv)
+    finally:
+        D.destroy_process_group()
+
+
+def _build_data(config: Config, info: D.DistInfo):
+    from data.dataset import PosmapDataset
+    from data.index import read_index, split_names
+    from data.loader import build_loader
+
+    names = read_index(config.train_dir)
+    if config.val_dir is None:
+        train_names, val_names = split_names(names, val_fraction=config.val_fraction, seed=config.seed)
+        val_root = config.train_dir
+        if not val_names:
+            _say(info, f"warning: -td holds only {len(names)} samples, too few to hold out "
+                       f"{config.val_fraction:.0%} for validation; best.pth follows the training loss.")
+    else:
+        if any(Path(config.val_dir).glob("*.mat")):
+            raise RunError(f"-vd={config.val_dir} is a raw AFLW2000-format folder; validation needs position "
+                           f"maps, so run processor.py on it first and pass its output folder.")
+        train_names, val_names, val_root = names, read_index(config.val_dir), config.val_dir
+        if is_test_like(config.val_dir, config.predict_dir):
+            _say(info, f"warning: -vd={config.val_dir} looks like the AFLW2000-3D test set; picking best.pth on "
+                       f"test data inflates the reported result (leave -vd out to hold out "
+                       f"{config.val_fraction:.0%} of -td instead).")
+    train_set = PosmapDataset(config.train_dir, train_names, augment=config.augment, seed=config.seed,
+                              pre_read=config.pre_read)
+    val_set = PosmapDataset(val_root, val_names, augment=False) if val_names else None
+    global_batch = config.batch_size * info.world_size
+    loader = build_loader(train_set, batch_size=config.batch_size, workers=config.num_workers,
+                          shuffle=config.shuffle, seed=config.seed, rank=info.rank, world_size=info.world_size,
+                          drop_last=len(train_set) >= global_batch, device=None)
+    return train_set, val_set, loader
+
+
+def _train(config: Config, info: D.DistInfo, device: torch.device, factory: ModelFactory,
+           uv: tuple | None) -> TrainResult:
+    from model.loss import WeightedPosmapLoss
+
+    seed_everything(config.seed)
+    config = D.broadcast_object(resolve_run_folder(config) if info.is_main else None)
+    out = Path(config.out)
+    ckpt_resume = resume_path(config)
+    bfm = resolve_bfm(config.bfm)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.replace(bfm=bfm).save_json(out / "config.json")
+    weight_mask, kpt_ind, _ = uv if uv is not None else uv_tables(bfm)
+    train_set, val_set, loader = _build_data(config, info)
+
+    # --- model (identity from the checkpoint when loading one)
+    name, kwargs = model_spec(config)
+    source = ckpt_resume or (Path(config.load_model_path) if config.load_model_path else None)
+    source_ckpt = load_checkpoint(source) if source is not None else None
+    if source_ckpt is not None:
+        check_model_identity(source_ckpt, source, name, "model" in config.given)
+        if source_ckpt.get("model_name") is not None:
+            name, kwargs = source_ckpt["model_name"], dict(source_ckpt["model_kwargs"])
+    torch.manual_seed(config.seed)
+    model = factory(name, **kwargs).to(device)
+    if source_ckpt is not None:
+        load_weights(model, source_ckpt, source)
+    if info.distributed and device.type == "cuda" and config.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+    loss_fn = WeightedPosmapLoss(weight_mask).to(device)
+
+    start_epoch, best_loss, history = 0, math.inf, []
+    if ckpt_resume is not None:
+        ck = source_ckpt
+        if "optimizer" not in ck:
+            raise RunError(f"{ckpt_resume} holds weights only (no optimiser state); use --loadModelPath to start "
+                           f"from it instead of --resume.")
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        start_epoch, best_loss = int(ck["epoch"]), float(ck["best_val_loss"])
+        history = list(ck.get("history", []))
+        states = ck["rng"]
+        restore_rng_state(states[info.rank] if len(states) == info.world_size else states[0])
+        gen = ck.get("data_state", {}).get("generator")
+        if gen is not None and getattr(loader, "generator", None) is not None:
+            loader.generator.set_state(gen)
+        _say(info, f"resuming {ckpt_resume} after epoch {start_epoch}")
+
+    monitor = Monitor(out / "tensorboard", enabled=info.is_main)
+    last_path, best_path = out / "last.pth", out / "best.pth"
+    deadline = time.monotonic() + 60.0 * config.time_limit if config.time_limit > 0 else None
+    stop_early = False
+    steps_per_epoch = len(loader)
+    step = start_epoch * steps_per_epoch
+    if info.is_main:
+        n_val = 0 if val_set is None else len(val_set)
+        print(f"training {name} on {len(train_set)} samples ({n_val} validation), {info.world_size} process(es) "
+              f"on {device}, batch {config.batch_size} per process, epochs {start_epoch + 1}..{config.epochs}; "
+              f"run folder {out}", flush=True)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            loader.sampler.set_epoch(epoch)
+            net.train()
+            lr = optimizer.param_groups[0]["lr"]
+            epoch_sum, epoch_count = 0.0, 0
+            bar = _progress(loader, info, config, f"epoch {epoch + 1}/{config.epochs}")
+            for batch in bar:
+                x = batch["image"].to(device, non_blocking=True)
+                y = batch["posmap"].to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(net(x), y)
+                time_up = deadline is not None and info.is_main and time.monotonic() > deadline
+                stats = torch.tensor([loss.detach().double().item() * x.shape[0], x.shape[0],
+                                      0.0 if torch.isfinite(loss).item() else 1.0, float(time_up)],
+                                     dtype=torch.float64)
+                if info.distributed:
+                    stats = D.all_reduce_sum(stats.to(device)).cpu()
+                if stats[2] > 0:
+                    raise _nan_error(epoch, step, last_path)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                stop_early = bool(stats[3] > 0)
+                epoch_sum += float(stats[0])
+                epoch_count += int(stats[1])
+                batch_loss = float(stats[0] / stats[1])
+                monitor.scalar("train/loss", batch_loss, step)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{batch_loss:.5f}", refresh=False)
+                if stop_early:
+                    break
+            train_loss = epoch_sum / max(epoch_count, 1)
+
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr}
+            if stop_early:
+                record["stopped_early"] = True
+            if info.is_main:
+                if val_set is not None:
+                    val = validate(unwrap(net), val_set, loss_fn, kpt_ind, device, config.batch_size)
+                    record.update(val_loss=val["loss"], val_nme2d=val["nme2d"])
+                    monitor.scalar("val/loss", val["loss"], step)
+                    monitor.scalar("val/nme2d", val["nme2d"], step)
+                    log_sample(monitor, val["sample"], kpt_ind, step)
+                    select = val["loss"]
+                else:
+                    select = train_loss
+                if not math.isfinite(select):
+                    record = None
+                else:
+                    monitor.scalar("train/epoch_loss", train_loss, step)
+                    monitor.scalar("train/lr", lr, step)
+            else:
+                record, select = {}, 0.0
+            ok = D.broadcast_object(record is not None)
+            if not ok:
+                raise _nan_error(epoch, step, last_path, where="validation")
+            scheduler.step()
+            rng_states = _gather_rng(info)
+            if info.is_main:
+                improved = select < best_loss
+                best_loss = min(best_loss, select)
+                history.append(record)
+                ck = make_checkpoint(
+                    model, name, kwargs, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    epoch=epoch + 1, best_val_loss=best_loss, val_loss=select, rng=rng_states,
+                    data_state={"epoch": epoch + 1, "seed": config.seed,
+                                "generator": loader.generator.get_state() if loader.generator is not None else None},
+                    history=history, config=config.to_dict(), world_size=info.world_size, step=step)
+                save_checkpoint(last_path, ck)
+                if improved:
+                    save_checkpoint(best_path, ck)
+                _write_history(out / "history.json", history)
+                monitor.flush()
+                text = ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+                print(text + (" (best)" if improved else ""), flush=True)
+            D.barrier()
+            if stop_early:
+                _say(info, f"--time-limit of {config.time_limit:g} min reached: stopped after epoch {epoch + 1}")
+                break
+    finally:
+        monitor.close()
+    history = D.broadcast_object(history if info.is_main else None)
+    return TrainResult(out, best_path, last_path, history, model)
+
+
+def _progress(loader, info: D.DistInfo, config: Config, desc: str):
+    if not (info.is_main and config.progress):
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _nan_error(epoch: int, step: int, last_path: Path, where: str = "training") -> RunError:
+    kept = f"the last good checkpoint is {last_path}" if last_path.is_file() else "no checkpoint had been written yet"
+    return RunError(f"Training stopped: the {where} loss became NaN or infinite in epoch {epoch + 1} "
+                    f"(step {step + 1}); {kept} (try a lower --lr).")
+
+
+def _gather_rng(info: D.DistInfo) -> list:
+    """Every rank's RNG state, in rank order (gathered to all ranks; only rank 0 saves them)."""
+    state = capture_rng_state()
+    if not info.distributed:
+        return [state]
+    import torch.distributed as dist
+
+    box: list = [None] * info.world_size
+    dist.all_gather_object(box, state)
+    return box
+
+
+def _write_history(path: Path, history: list) -> None:
+    from faceutil.sampleio import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(history, indent=1) + "\n").encode("utf-8"))

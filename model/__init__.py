@@ -1,0 +1,10 @@
+"""Torch networks for E2TKFace: the registry (build_model / list_models), E2TKFace, the PRNet baseline, Top-K window
+attention, decoder, losses, device/precision helpers and size summaries. Importing does no work beyond definitions.
+"""
+from .device import autocast_context, get_device, grad_scaler, to_channels_last
+from .loss import WeightedPosmapLoss
+from .registry import build_model, list_models, register_model
+from .summary import ModelSummary, summary
+
+__all__ = ["build_model", "list_models", "register_model", "summary", "ModelSummary", "WeightedPosmapLoss",
+           "get_device", "autocast_context", "grad_scaler", "to_channels_last"]

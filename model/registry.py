@@ -1,0 +1,43 @@
+"""Model registry: every architecture is a builder function registered by name; build_model(name, **kwargs) is the
+one door in, list_models() names what is there.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a builder function under ``name`` (lower case); a second use of a name is an error."""
+    key = name.lower()
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if key in _BUILDERS and _BUILDERS[key] is not builder:
+            raise ValueError(f"model name {name!r} is registered twice")
+        _BUILDERS[key] = builder
+        return builder
+
+    return decorate
+
+
+def _load_builtin() -> None:
+    """Import the modules that register the built-in models (deferred so importing the registry stays cheap)."""
+    from . import e2tkface, prnet  # noqa: F401  (registration side effect of the decorators)
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    _load_builtin()
+    return sorted(_BUILDERS)
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` with builder keyword overrides; an unknown name raises ValueError."""
+    _load_builtin()
+    key = name.lower()
+    if key not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[key](**kwargs)

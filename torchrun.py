@@ -1,0 +1,59 @@
+"""Command line for training, evaluation and the demo (original PRNet/E2TKFace flags and readable long names).
+
+Thin layer: parse flags into config.Config, then call engine.train / engine.evaluate / engine.demo. Every error a
+user can cause ends as one sentence on stderr with a non-zero exit code.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad flags, 1 failed run)."""
+    from config import ConfigError, parse_config
+
+    try:
+        config = parse_config(argv)
+    except ConfigError as err:
+        print(f"torchrun.py: error: {err}", file=sys.stderr)
+        return 2
+    if config.visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.visible_devices.replace(" ", "")
+
+    from engine.errors import RunError
+    from faceutil.errors import FaceUtilError
+
+    try:
+        if config.demo:
+            from engine.demo import run_demo
+
+            run_demo(config)
+            return 0
+        checkpoint = None
+        if config.train:
+            from engine.train import run_training
+
+            result = run_training(config)
+            checkpoint = result.best_path if result.best_path.is_file() else result.last_path
+            config = config.replace(out=str(result.out))
+        if config.test:
+            from engine.distributed import info_from_env
+
+            if info_from_env().is_main:
+                from engine.evaluate import run_evaluation
+
+                run_evaluation(config, checkpoint=checkpoint or config.load_model_path)
+    except (ConfigError, RunError, FaceUtilError) as err:
+        text = str(err).strip()
+        print(f"torchrun.py: error: {text[0].upper() + text[1:] if text else type(err).__name__}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+    except KeyboardInterrupt:
+        print("torchrun.py: interrupted; continue with --resume (last.pth holds the last finished epoch).",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
