@@ -61,6 +61,9 @@ _HINGE_Y, _HINGE_Z = 5_000.0, -5_000.0  # jaw hinge axis (parallel to x), near t
 
 KINDS = ("300W_LP", "AFLW2000")
 
+#: UV map size whose pixel centres the grid vertices sit on (the position-map size, DESIGN.md §3)
+UV_MAP_SIZE = 256
+
 
 # -- small numeric helpers ---------------------------------------------------------------------------------------------
 def _gauss(x, y, cx, cy, sx, sy):
@@ -449,13 +452,17 @@ def build_synthetic_model(seed: int = 0, grid: int = 231, n_shape: int = 199, n_
         (K,) standard deviations 4e5 / (k + 1) at grid 231 (Shape_Para entries of order 1e5; scaled by
         grid / 231 on other grids so that draws deform the face equally); exp_pc (3n, E) in micrometres
         per unit coefficient with exp_ev (E,) ~1.5 .. 0.3 (Exp_Para of order +-3); column 0 opens the jaw, 4 closes
-        the eyes (see EXP_MODE_NAMES). uv (n, 2) = the grid (u right, v up).
+        the eyes (see EXP_MODE_NAMES). uv (n, 2) = the grid (u right, v up), vertices on the pixel centres of a 256 UV map.
     """
     if grid < 21:
         raise ValueError(f"grid must be at least 21 vertices per side, got {grid}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
     pts, theta, head_frac, front = _mean_shape(grid)
-    t = np.linspace(0.0, 1.0, grid)
+    # UV: the grid centred in a 256 map with every vertex on a pixel centre (u = col / 255), so the position map
+    # holds each vertex's exact position at its pixel and a landmark read at uv_kpt_ind is the landmark itself.
+    # (The real BFM's UVs fall between pixels; reading landmarks there costs up to about a pixel.)
+    t = (UV_MAP_SIZE - grid) // 2 + np.arange(grid) if grid <= UV_MAP_SIZE else np.linspace(0, UV_MAP_SIZE - 1, grid)
+    t = t / (UV_MAP_SIZE - 1.0)
     u, v = np.meshgrid(t, t)
     uv = np.stack([u.reshape(-1), v.reshape(-1)], axis=1)
     triangles = _grid_triangles(grid)
@@ -595,20 +602,6 @@ def render_sample(model: MorphableModel, pose_para, shape_para, exp_para, rng: n
     return image, landmarks
 
 
-def _mat_bytes(data: dict) -> bytes:
-    """MATLAB v5 .mat bytes of `data` (scipy.io.savemat) with a fixed 116-byte header text instead of scipy's
-    creation time, so that the same sample always gives the same bytes."""
-    import io
-
-    import scipy.io
-
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, data)
-    raw = bytearray(buf.getvalue())
-    raw[:116] = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: E2TKFace faceutil.synthetic".ljust(116, b" ")
-    return bytes(raw)
-
-
 def synthesize_dataset(out_dir, kind: str, count: int, seed: int, model: MorphableModel | None = None,
                        image_size: int = 450) -> list[str]:
     """Write `count` synthetic samples as `<name>.jpg` + `<name>.mat` in the genuine dataset format.
@@ -617,7 +610,7 @@ def synthesize_dataset(out_dir, kind: str, count: int, seed: int, model: Morphab
     seed gives identical images and parameters and any subset can be regenerated alone. The .mat holds Pose_Para
     (1, 7), Shape_Para (K, 1), Exp_Para (E, 1), roi (1, 4) int16 (landmark box enlarged 1.2x), plus pt2d (2, 68)
     image pixels for "300W_LP" or pt3d_68 (3, 68) image pixels (x, y, z) for "AFLW2000". Files are written
-    atomically (faceutil.sampleio); the .mat header carries no creation time, so reruns are byte-identical.
+    atomically by faceutil.sampleio (whose .mat header carries no creation time), so reruns are byte-identical.
 
     Args:
         out_dir: folder (created if missing); kind: "300W_LP" or "AFLW2000"; count >= 0; seed: int;
@@ -625,7 +618,7 @@ def synthesize_dataset(out_dir, kind: str, count: int, seed: int, model: Morphab
     Returns:
         list of the sample names written, in order.
     """
-    from faceutil.sampleio import atomic_write_bytes, atomic_write_image
+    from faceutil.sampleio import atomic_save_mat, atomic_write_image
 
     _check_kind(kind)
     if count < 0:
@@ -653,6 +646,6 @@ def synthesize_dataset(out_dir, kind: str, count: int, seed: int, model: Morphab
         else:
             data["pt3d_68"] = lms.astype(np.float64).T.copy()
         atomic_write_image(out / f"{name}.jpg", image, quality=95)
-        atomic_write_bytes(out / f"{name}.mat", _mat_bytes(data))
+        atomic_save_mat(out / f"{name}.mat", data)
         names.append(name)
     return names

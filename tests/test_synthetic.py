@@ -49,11 +49,13 @@ def test_small_model_layout(small):
     assert m.tex_mu.shape == (3 * n,) and 0 <= m.tex_mu.min() and m.tex_mu.max() <= 255
     assert m.tex_pc.shape[0] == 3 * n and m.tex_pc.shape[1] == m.tex_ev.shape[0] <= 199
     assert m.kpt_ind.shape == (68,) and m.kpt_ind.dtype == np.int64 and len(set(m.kpt_ind.tolist())) == 68
-    assert m.uv.shape == (n, 2) and m.uv.dtype == np.float64 and m.uv.min() == 0 and m.uv.max() == 1
-    # uv is the grid: u right (with +x), v up (with +y); the face sits in the middle of the UV square
-    np.testing.assert_allclose(m.uv[1] - m.uv[0], [1 / (g - 1), 0])
-    np.testing.assert_allclose(m.uv[g] - m.uv[0], [0, 1 / (g - 1)])
-    assert abs(m.uv[m.kpt_ind[30], 0] - 0.5) < 1e-9 and 0.35 < m.uv[m.kpt_ind[30], 1] < 0.65
+    assert m.uv.shape == (n, 2) and m.uv.dtype == np.float64 and m.uv.min() >= 0 and m.uv.max() <= 1
+    # uv is the grid: u right (with +x), v up (with +y), one 256-map pixel per grid step, every vertex on a pixel
+    # centre; the face sits in the middle of the UV square
+    np.testing.assert_allclose(m.uv[1] - m.uv[0], [1 / 255, 0])
+    np.testing.assert_allclose(m.uv[g] - m.uv[0], [0, 1 / 255])
+    np.testing.assert_allclose(m.uv * 255, np.rint(m.uv * 255), atol=1e-9)
+    assert abs(m.uv[m.kpt_ind[30], 0] - 0.5) < 0.01 and 0.35 < m.uv[m.kpt_ind[30], 1] < 0.65
     kuv = m.uv[m.kpt_ind]
     assert 0.05 < kuv[:, 0].min() and kuv[:, 0].max() < 0.95 and 0.1 < kuv[:, 1].min() and kuv[:, 1].max() < 0.9
     # winding like the BFM (tri.mat): cross(v1 - v0, v2 - v0) points into the head on the face front
@@ -194,7 +196,8 @@ def test_synthesize_dataset_format_and_determinism(small, tmp_path):
         assert y1 < expected[:, 1].min() and expected[:, 1].max() < y2
         img = (tmp_path / "lp" / f"{name}.jpg").read_bytes()
         assert img[:3] == b"\xff\xd8\xff"
-    # same seed -> byte-identical files; each sample depends only on (seed, index)
+    # same seed -> byte-identical files (no creation time in the .mat header); each sample depends on (seed, index)
+    assert b"Created on" not in (tmp_path / "lp" / f"{names[0]}.mat").read_bytes()[:128]
     again = synthesize_dataset(tmp_path / "again", "300W_LP", 1, seed=9, model=small)
     for suffix in (".jpg", ".mat"):
         assert (tmp_path / "again" / f"{again[0]}{suffix}").read_bytes() == \
