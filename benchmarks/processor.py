@@ -18,11 +18,12 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from faceutil import crop, mesh, pose, render, sampleio  # noqa: E402
-from faceutil.process import CROP_SIZE, SampleProcessor, ProcessOptions, find_samples, process_dataset  # noqa: E402
+from faceutil.process import CHUNK, CROP_SIZE, ProcessOptions, SampleProcessor, find_samples, process_dataset  # noqa: E402
 from faceutil.synthetic import synthesize_dataset  # noqa: E402
 from faceutil.uv import uv_pixels  # noqa: E402
 
@@ -33,49 +34,15 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t
 
 
-def stage_times(proc: SampleProcessor, samples, out_dir: Path, full: bool) -> dict[str, float]:
-    """Our pipeline, stage by stage, vertices computed per chunk of 16 as process_dataset does."""
-    t = dict.fromkeys(["load", "mesh", "uv render", "crop+warp", "write"], 0.0)
-    if full:
-        t["mesh export (-f)"] = 0.0
-    obj = mesh.ObjWriter(proc.model.triangles)
-    for k in range(0, len(samples), 16):
-        chunk = samples[k:k + 16]
-        loaded, dt = _timed(lambda: [proc._read(n, p) for n, p in chunk])
-        t["load"] += dt
-        s0 = time.perf_counter()
-        verts = proc.model.vertices_batch(np.stack([s.shape_para for s, _ in loaded]),
-                                          np.stack([s.exp_para for s, _ in loaded]))
-        t["mesh"] += time.perf_counter() - s0
-        for (name, _), (sample, image), v in zip(chunk, loaded, verts):
-            s0 = time.perf_counter()
-            iv = pose.project(v, sample.pose_para, image.shape[0])
-            t["mesh"] += time.perf_counter() - s0
-            s0 = time.perf_counter()
-            sim = crop.crop_similarity(iv[proc.model.kpt_ind, :2], out_size=CROP_SIZE,
-                                       rng=np.random.default_rng(len(name)))
-            cv = sim.apply(iv)
-            cv[:, 2] -= cv[:, 2].min()
-            cropped = sim.warp_image(image, CROP_SIZE)
-            t["crop+warp"] += time.perf_counter() - s0
-            posmap, dt = _timed(proc.uv.posmap, cv)
-            t["uv render"] += dt
-            s0 = time.perf_counter()
-            d = out_dir / name
-            d.mkdir(exist_ok=True)
-            sampleio.atomic_write_image(d / "c.jpg", cropped)
-            sampleio.atomic_save_npy(d / "p.npy", posmap)
-            sampleio.write_bbox_info(d / "b.mat", {"matrix": sim.matrix, "scale": sim.scale, "z_shift": 0.0,
-                                                   "image_size": np.array(image.shape[:2]),
-                                                   "pose_para": sample.pose_para, "kpt": iv[proc.model.kpt_ind]})
-            t["write"] += time.perf_counter() - s0
-            if full:
-                s0 = time.perf_counter()
-                render.vertex_normals(iv, proc.model.triangles)
-                obj.write(d / "m.obj", iv, mesh.sample_colors(image, iv[:, :2]))
-                mesh.write_landmarks(d / "k.txt", iv[proc.model.kpt_ind])
-                t["mesh export (-f)"] += time.perf_counter() - s0
-    return {k: v / len(samples) for k, v in t.items()}
+def stage_times(samples, out_dir: Path, full: bool) -> tuple[dict[str, float], SampleProcessor]:
+    """Our pipeline (SampleProcessor, chunks of 16 as process_dataset runs it), seconds per image per stage."""
+    proc = SampleProcessor(ProcessOptions(full=full))
+    proc.process_chunk(samples[:CHUNK], out_dir / "warm")  # numba kernels compiled / loaded, caches warm
+    proc.timings = {}
+    for k in range(0, len(samples), CHUNK):
+        res = proc.process_chunk(samples[k:k + CHUNK], out_dir / "timed")
+        assert all(status == "ok" for _, status, _ in res), res
+    return {k: v / len(samples) for k, v in proc.timings.items()}, proc
 
 
 def _loop_normals(vertices, triangles):
@@ -93,6 +60,7 @@ def baseline_times(proc: SampleProcessor, samples, out_dir: Path, full: bool) ->
     """face3d-style: float64 per-image mesh, UV map re-rasterised every image, loop normals, np.savetxt .obj."""
     m = proc.model
     uv_xy = uv_pixels(m.uv, CROP_SIZE)
+    mean64, shape64, exp64 = (a.astype(np.float64) for a in (m.mean.reshape(-1), m.shape_pc, m.exp_pc))  # as loaded
     t = dict.fromkeys(["load", "mesh", "uv render", "crop+warp", "write"], 0.0)
     if full:
         t["mesh export (-f)"] = 0.0
@@ -100,8 +68,7 @@ def baseline_times(proc: SampleProcessor, samples, out_dir: Path, full: bool) ->
         (sample, image), dt = _timed(proc._read, name, path)
         t["load"] += dt
         s0 = time.perf_counter()
-        v = (m.mean.astype(np.float64).reshape(-1) + m.shape_pc.astype(np.float64) @ sample.shape_para
-             + m.exp_pc.astype(np.float64) @ sample.exp_para).reshape(-1, 3)
+        v = (mean64 + shape64 @ sample.shape_para + exp64 @ sample.exp_para).reshape(-1, 3)
         iv = pose.project(v, sample.pose_para, image.shape[0])
         t["mesh"] += time.perf_counter() - s0
         s0 = time.perf_counter()
@@ -116,9 +83,10 @@ def baseline_times(proc: SampleProcessor, samples, out_dir: Path, full: bool) ->
         t["uv render"] += time.perf_counter() - s0
         s0 = time.perf_counter()
         d = out_dir / name
-        d.mkdir(exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
         sampleio.atomic_write_image(d / "c.jpg", cropped)
         np.save(d / "p.npy", posmap)
+        scipy.io.savemat(d / "b.mat", {"matrix": sim.matrix, "pose_para": sample.pose_para})
         t["write"] += time.perf_counter() - s0
         if full:
             s0 = time.perf_counter()
@@ -144,16 +112,14 @@ def main() -> None:
         synthesize_dataset(tmp / "raw", "300W_LP", args.count, seed=1)
         synth_s = time.perf_counter() - t0
         samples, _ = find_samples(tmp / "raw")
-        proc = SampleProcessor(ProcessOptions())
-        stage_times(proc, samples[:16], tmp / "warm", full=True)  # compile numba kernels, warm caches
         rows = {}
         for full in (False, True):
-            (tmp / f"o{full}").mkdir()
-            rows[("ours", full)] = stage_times(proc, samples, tmp / f"o{full}", full)
+            rows[("ours", full)], proc = stage_times(samples, tmp / f"o{full}", full)
             (tmp / f"b{full}").mkdir()
             n = args.count if not full else args.baseline_count
             rows[("baseline", full)] = baseline_times(proc, samples[:n], tmp / f"b{full}", full)
 
+        process_dataset(tmp / "raw", tmp / "warmrun", shard=(0, args.count), progress=False)  # model built once
         runs = {}
         for threads in (1, 2):
             out = tmp / f"run{threads}"

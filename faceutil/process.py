@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,19 @@ class SampleProcessor:
         self.layout = build_uv_layout(self.model, CROP_SIZE)
         self.uv = UVRenderer(self.model, CROP_SIZE)
         self._obj = None
+        #: seconds spent per stage, accumulated when set to a dict (benchmarks/processor.py); None = not timed
+        self.timings: dict[str, float] | None = None
+
+    @contextmanager
+    def _stage(self, name: str):
+        if self.timings is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
     # -- reading -------------------------------------------------------------------------------------------------
     def _read(self, name: str, image_path: Path):
@@ -126,14 +140,16 @@ class SampleProcessor:
         loaded = []
         for name, image_path in items:
             try:
-                loaded.append((name, *self._read(name, image_path)))
+                with self._stage("load"):
+                    loaded.append((name, *self._read(name, image_path)))
             except FaceUtilError as err:
                 results.append((name, "skipped", str(err)))
         if not loaded:
             return results
-        shapes = np.stack([s.shape_para for _, s, _ in loaded]).astype(np.float32)
-        exps = np.stack([s.exp_para for _, s, _ in loaded]).astype(np.float32)
-        verts = self.model.vertices_batch(shapes, exps)
+        with self._stage("mesh"):
+            shapes = np.stack([s.shape_para for _, s, _ in loaded]).astype(np.float32)
+            exps = np.stack([s.exp_para for _, s, _ in loaded]).astype(np.float32)
+            verts = self.model.vertices_batch(shapes, exps)
         for (name, sample, image), v in zip(loaded, verts):
             try:
                 self._process_one(name, sample, image, v, out_dir)
@@ -145,8 +161,9 @@ class SampleProcessor:
     def _process_one(self, name, sample, image, model_vertices, out_dir: Path) -> None:
         opts = self.options
         h, w = image.shape[:2]
-        verts = pose.project(model_vertices, sample.pose_para, h)  # (n, 3) original image px
-        kpt = verts[self.model.kpt_ind]
+        with self._stage("mesh"):
+            verts = pose.project(model_vertices, sample.pose_para, h)  # (n, 3) original image px
+            kpt = verts[self.model.kpt_ind]
         inside = (kpt[:, 0] >= 0) & (kpt[:, 0] <= w - 1) & (kpt[:, 1] >= 0) & (kpt[:, 1] <= h - 1)
         if inside.mean() < 0.5:
             raise SampleError(f"{name}: the face lies outside the {w}x{h} image ({int(inside.sum())}/68 landmarks inside)")
@@ -154,12 +171,14 @@ class SampleProcessor:
         box_points = sample.pt3d_68 if (opts.old_kpt and annotated) else kpt
         # Evaluation-style samples (AFLW2000-3D, which carry pt3d_68) are never jittered.
         rng = None if annotated else np.random.default_rng([opts.seed, zlib.crc32(name.encode())])
-        sim = crop.crop_similarity(box_points[:, :2], out_size=CROP_SIZE, rng=rng)
-        crop_verts = sim.apply(verts)
-        z_shift = float(crop_verts[:, 2].min())
-        crop_verts[:, 2] -= z_shift
-        posmap = self.uv.posmap(crop_verts)
-        cropped = sim.warp_image(image, CROP_SIZE)
+        with self._stage("crop+warp"):
+            sim = crop.crop_similarity(box_points[:, :2], out_size=CROP_SIZE, rng=rng)
+            crop_verts = sim.apply(verts)
+            z_shift = float(crop_verts[:, 2].min())
+            crop_verts[:, 2] -= z_shift
+            cropped = sim.warp_image(image, CROP_SIZE)
+        with self._stage("uv render"):
+            posmap = self.uv.posmap(crop_verts)
 
         paths = output_paths(out_dir, name)
         paths["dir"].mkdir(parents=True, exist_ok=True)
@@ -168,12 +187,15 @@ class SampleProcessor:
         if annotated:
             info["pt3d_68"] = sample.pt3d_68
         if opts.full:
-            self._write_full(paths, image, verts, kpt, h)
+            with self._stage("mesh export (-f)"):
+                self._write_full(paths, image, verts, kpt, h)
         if opts.visualize:
-            sampleio.atomic_write_image(paths["vis"], visualize(cropped, posmap, self.layout.kpt_ind))
-        sampleio.atomic_write_image(paths["image"], cropped)
-        sampleio.atomic_save_npy(paths["posmap"], posmap)
-        sampleio.write_bbox_info(paths["bbox_info"], info)  # written last: its presence marks the sample done
+            with self._stage("visualisation (-v)"):
+                sampleio.atomic_write_image(paths["vis"], visualize(cropped, posmap, self.layout.kpt_ind))
+        with self._stage("write"):
+            sampleio.atomic_write_image(paths["image"], cropped)
+            sampleio.atomic_save_npy(paths["posmap"], posmap)
+            sampleio.write_bbox_info(paths["bbox_info"], info)  # written last: its presence marks the sample done
 
     def _write_full(self, paths, image, verts, kpt, height: int) -> None:
         """The dense mesh (.obj, y up so viewers show it upright: y_obj = H + 1 - row) and the 68 landmarks
