@@ -84,8 +84,9 @@ def run_worker(variant: str, threads: int, reps: int, big_batch: int) -> dict:
         model.to_channels_last(net)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     ctx = lambda: model.autocast_context("cpu", precision)                    # noqa: E731
+    size = model.summary(net)
     out = {"variant": variant, "label": LABELS[variant], "threads": threads, "build_s": build_s,
-           "params": model.summary(net).params}
+           "params": size.params, "macs": size.macs}
     loss_fn = model.WeightedPosmapLoss(torch.ones(256, 256))
 
     net.eval()
@@ -152,12 +153,13 @@ def write_report(results: list[dict], args, load_before, load_after, path: Path)
         " after one warm-up run. Training step = forward + weighted-MSE loss + backward + Adam at batch "
         f"{bb}. Inference in eval mode under torch.no_grad().",
         "",
-        f"| model | params | infer b1 | infer b{bb} | train step b{bb} | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| model | params | GMAC/image | infer b1 | infer b{bb} | train step b{bb} | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['label']} | {r['params']:,} | {_fmt(r['infer_b1'])} | {_fmt(r[f'infer_b{bb}'])} | "
-                     f"{_fmt(r[f'train_b{bb}'])} | {r['peak_rss_mb']:.0f} |")
+        gmac = f"{r['macs'] / 1e9:.2f}" if "macs" in r else "-"
+        lines.append(f"| {r['label']} | {r['params']:,} | {gmac} | {_fmt(r['infer_b1'])} | "
+                     f"{_fmt(r[f'infer_b{bb}'])} | {_fmt(r[f'train_b{bb}'])} | {r['peak_rss_mb']:.0f} |")
     ref = by.get("prnet")
     if ref:
         lines += ["", "Ratios to PRNet measured in the same run (median; < 1 = faster than PRNet):", "",

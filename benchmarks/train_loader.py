@@ -147,14 +147,50 @@ def run_config(root: Path, names, workers: int, pre_read: bool, batches: int, ba
         it = iter(loader)
         next(it)  # includes starting the workers
         first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(batches):
-            next(it)
-        dt = time.perf_counter() - t0
+        rates = []  # three windows: on a shared machine the median and best say more than one mean
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(max(1, batches // 3)):
+                next(it)
+            rates.append(max(1, batches // 3) * batch_size / (time.perf_counter() - t0))
         del it, loader
         gc.collect()
     return dict(workers=workers, pre_read=pre_read, dtype=dtype, n=len(ds), init_s=t_init, first_batch_s=first,
-                samples_per_s=batches * batch_size / dt, **mem.peak)
+                samples_per_s=float(np.median(rates)), best_samples_per_s=max(rates), **mem.peak)
+
+
+def stage_medians(root: Path, names, reps: int = 100) -> dict[str, float]:
+    """Median milliseconds of each step of one training item, in this process (medians resist other jobs)."""
+    from data.augment import augment, colour_scale, random_erase, rotate
+    from data.dataset import image_tensor, posmap_tensor
+    from faceutil.sampleio import read_image
+
+    ds = PosmapDataset(root, names=names[:8], augment=True, seed=0)
+    plain = PosmapDataset(root, names=names[:8], augment=False)
+    image = read_image(ds.image_path(0))
+    posmap = np.array(ds.posmap_array(0), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    steps = {
+        "read_image (JPEG decode, faceutil.sampleio)": lambda: read_image(ds.image_path(0)),
+        "position map: memmap + copy": lambda: np.array(ds.posmap_array(0), dtype=np.float32),
+        "rotation (image warp + posmap values)": lambda: rotate(image, posmap, 33.0),
+        "random erasing": lambda: random_erase(image, rng),
+        "colour channel scale": lambda: colour_scale(image, np.array([0.7, 1.0, 1.3])),
+        "augment (random mix, as in training)": lambda: augment(image, posmap, rng),
+        "to CHW float tensors": lambda: (image_tensor(image), posmap_tensor(posmap)),
+        "whole item, no augmentation": lambda: plain[1],
+        "whole item, training augmentation": lambda: ds[(0, int(rng.integers(0, 8)))],
+    }
+    out = {}
+    for label, fn in steps.items():
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[label] = float(np.median(times)) * 1e3
+    return out
 
 
 def epoch_restart(root: Path, names, workers: int, batch_size: int, persistent: bool) -> float:
@@ -189,7 +225,10 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40, help="timed batches per configuration (after 1 warm-up)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--tmp", default=None, help="parent folder for the synthetic index (default: system temp)")
+    ap.add_argument("--tmp", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                    help="parent folder for the synthetic index (default /dev/shm: 245k links are created and "
+                         "removed in seconds there, minutes on a busy ext4 disk; the files are read through the "
+                         "page cache either way)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_loader.md"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -215,16 +254,18 @@ def main() -> None:
                 rows.append((f"pre-read {dtype}", len(subset),
                              run_config(tmp, subset, w, True, args.batches, args.batch_size, dtype)))
                 print(rows[-1], flush=True)
+        stages = stage_medians(tmp, names)
         refork = {w: (epoch_restart(tmp, names, w, args.batch_size, False),
                       epoch_restart(tmp, names, w, args.batch_size, True)) for w in args.workers if w > 0}
         load_after = os.getloadavg()
         ru_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        write_report(Path(args.out), args, rows, stages, refork, build_s, index_s, load_before, load_after, ru_max)
     finally:
+        print(f"removing {tmp} ...", flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    write_report(Path(args.out), args, rows, refork, build_s, index_s, load_before, load_after, ru_max)
 
 
-def write_report(out: Path, args, rows, refork, build_s, index_s, load_before, load_after, ru_max) -> None:
+def write_report(out: Path, args, rows, stages, refork, build_s, index_s, load_before, load_after, ru_max) -> None:
     gib = 1024 ** 3
     mib = 1024 ** 2
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
@@ -242,22 +283,32 @@ def write_report(out: Path, args, rows, refork, build_s, index_s, load_before, l
         f"- Data: {args.samples:,} processor-layout sample folders (index.tsv + one jpg and one .npy each, hard links "
         f"to {args.distinct} real 256x256 JPEGs cut from scikit-image's astronaut photo and {args.distinct} "
         f"float32 position maps). Built in {build_s:.0f} s; `read_index` of the {args.samples:,}-row index: "
-        f"{index_s:.2f} s. Files come from the page cache, so this measures CPU cost, not disk.",
+        f"{index_s:.2f} s. Folder under {args.tmp or tempfile.gettempdir()}; files come from memory (page cache / "
+        "tmpfs), so this measures CPU cost, not disk.",
         "- Each configuration: `PosmapDataset(augment=True)` (training augmentation on) + `build_loader(batch "
         f"{args.batch_size}, shuffle, drop_last)`; the first batch (worker start included) is timed "
-        f"separately, the next {args.batches} batches give samples/s. Memory sampled every 50 ms over "
+        f"separately, the next {args.batches} batches, in three windows, give samples/s (median and best window). "
+        "Memory sampled every 50 ms over "
         "the whole configuration (dataset construction included) from /proc/<pid>/smaps_rollup of the main "
         "process and its loader workers: RSS counts pages shared by several processes once per process, PSS "
         "divides them, so total PSS is the machine's real cost.",
         "",
-        "| position maps | samples in index | workers | samples/s | 1st batch incl. worker start (s) | dataset init (s) "
+        "| position maps | samples in index | workers | samples/s (median / best window) "
+        "| 1st batch incl. worker start (s) | dataset init (s) "
         "| peak RSS main (MiB) | peak RSS per worker (MiB) | peak total RSS (MiB) | peak total PSS (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, n, r in rows:
-        lines.append(f"| {mode} | {n:,} | {r['workers']} | {r['samples_per_s']:.0f} | "
+        lines.append(f"| {mode} | {n:,} | {r['workers']} | {r['samples_per_s']:.0f} / {r['best_samples_per_s']:.0f} | "
                      f"{r['first_batch_s']:.3f} | {r['init_s']:.2f} | {r['main_rss'] / mib:.0f} | "
                      f"{r['worker_rss'] / mib:.0f} | {r['total_rss'] / mib:.0f} | {r['total_pss'] / mib:.0f} |")
+    lines += ["", "Per-item cost in one process (median of 100 calls, ms; the loader's ceiling per worker is "
+              "1000 / 'whole item' samples/s):", "", "| step | ms |", "|---|---:|"]
+    lines += [f"| {label} | {ms:.2f} |" for label, ms in stages.items()]
+    def main0(n):
+        return next((r["main_rss"] for m, k, r in rows if m == "memmap" and k == n and r["workers"] == 0),
+                    float("nan"))
+
     big = [r for mode, n, r in rows if mode == "memmap" and n == args.samples]
     peak_big = max(r["total_pss"] for r in big) if big else float("nan")
     peak_big_rss = max(r["total_rss"] for r in big) if big else float("nan")
@@ -266,9 +317,11 @@ def write_report(out: Path, args, rows, refork, build_s, index_s, load_before, l
         "## Findings",
         "",
         f"- Memory-mapped, {args.samples:,} samples: peak total PSS {peak_big / gib:.2f} GiB, peak total RSS "
-        f"{peak_big_rss / gib:.2f} GiB (target < 4 GB). Compare the {args.pre_read_samples:,}-sample rows: the "
-        "per-sample bookkeeping (one fixed-width numpy array of names, the sampler's permutation) is the only "
-        "part that grows with the index.",
+        f"{peak_big_rss / gib:.2f} GiB (target < 4 GB). Peak main-process RSS, 0 workers: "
+        f"{main0(args.samples) / mib:.0f} MiB with {args.samples:,} samples vs {main0(args.pre_read_samples) / mib:.0f}"
+        f" MiB with {args.pre_read_samples:,}: the per-sample bookkeeping (one fixed-width numpy array of names, "
+        "read_index's list, the sampler's permutation) is the only part that grows with the index; most of the "
+        "rest is torch itself.",
         f"- Pre-read needs 768 KiB per sample in float32 and 384 KiB in float16, held once (one shared array): "
         f"for {args.samples:,} samples that is {args.samples * 768 / 1024 ** 2:.0f} GiB (float32) or "
         f"{args.samples * 384 / 1024 ** 2:.0f} GiB (float16) on top of the figures above, so `--isPreRead` only "

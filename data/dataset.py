@@ -70,7 +70,8 @@ class PosmapDataset(Dataset):
     pre_read: False (default) memory-maps each position map when its item is read (np.load mmap_mode="r", in
     whichever process reads it; nothing is opened in __init__), so memory does not grow with the dataset.
     True reads every map once into ONE array of shape (N, 256, 256, 3) (shared memory when /dev/shm has room,
-    else ordinary memory shared copy-on-write with forked workers); pre_read_dtype "float16" halves it
+    else ordinary memory shared copy-on-write with forked workers; each DDP rank holds its own copy, so budget
+    ranks per node x N x 768 KiB); pre_read_dtype "float16" halves it
     (768 KiB -> 384 KiB per sample) at a rounding error <= 0.0625 px for |value| < 256 and <= 0.125 px below
     512 (<= 4.5e-4 after the /280 scaling).
     Item: {"image": (3, 256, 256) float32 in [0, 1], "posmap": (3, 256, 256) float32 = posmap / 280,

@@ -62,18 +62,25 @@ class Monitor:
     @property
     def writer(self):
         if self._writer is None and self.enabled:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                import sys
 
+                print("warning: the tensorboard package is not installed; training runs without TensorBoard logs "
+                      "(pip install tensorboard).", file=sys.stderr)
+                self.enabled = False
+                return None
             self._writer = SummaryWriter(log_dir=str(self.log_dir))
         return self._writer
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.enabled:
+        if self.enabled and self.writer is not None:
             self.writer.add_scalar(tag, float(value), step)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """image: (H, W, 3) or (H, W) uint8."""
-        if not self.enabled:
+        if not self.enabled or self.writer is None:
             return
         img = np.asarray(image)
         if img.ndim == 2:

@@ -184,6 +184,12 @@ def run_training(config: Config, model_factory: ModelFactory | None = None, uv: 
     if D.launched_by_torchrun():
         return train_worker(config, D.info_from_env(), model_factory, uv)
     if config.gpus > 1:
+        if config.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() < config.gpus:
+            raise ConfigError(f"--gpu={config.gpus} asks for more GPUs than the {torch.cuda.device_count()} "
+                              f"visible ones.")
+        if config.device is None and not torch.cuda.is_available():
+            _say(D.DistInfo(), f"warning: no CUDA device; --gpu={config.gpus} starts {config.gpus} CPU processes "
+                               f"(gloo).")
         config = resolve_run_folder(config)
         uv = uv if uv is not None else uv_tables(resolve_bfm(config.bfm))
         D.spawn(_spawned_worker, (config, model_factory, uv), config.gpus)
@@ -206,7 +212,9 @@ def train_worker(config: Config, info: D.DistInfo, model_factory: ModelFactory |
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))   # no oversubscription of the cores
     D.init_process_group(info, device)
     try:
-        return _train(config, info, device, model_factory or default_factory, uv)
+        result = _train(config, info, device, model_factory or default_factory, uv)
+        D.barrier()                       # nobody tears the group down while a peer still receives
+        return result
     finally:
         D.destroy_process_group()
 

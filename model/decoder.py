@@ -46,9 +46,13 @@ class TransposedConvBNAct(nn.Module):
 
 
 class PRNetDecoder(nn.Module):
-    """(B, in_ch, 8, 8) -> (B, 3, 256, 256) in [-1, 1] (tanh); the network's position map / 280."""
+    """(B, in_ch, 8, 8) -> (B, 3, 256, 256) in [-1, 1] (tanh); the network's position map / 280.
 
-    def __init__(self, in_ch: int = 512, layers=PRNET_DECODER_LAYERS):
+    channels_last=True (default) runs the layers in NHWC layout with NHWC weights: same results, faster on CPU
+    (the 3- and 16-channel layers at 256^2 most of all); the output is returned as a contiguous NCHW tensor.
+    """
+
+    def __init__(self, in_ch: int = 512, layers=PRNET_DECODER_LAYERS, channels_last: bool = True):
         super().__init__()
         blocks = []
         for i, (out_ch, stride) in enumerate(layers):
@@ -56,7 +60,12 @@ class PRNetDecoder(nn.Module):
             blocks.append(TransposedConvBNAct(in_ch, out_ch, stride, nn.Tanh() if last else nn.ReLU(inplace=True)))
             in_ch = out_ch
         self.layers = nn.Sequential(*blocks)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 512, 8, 8) -> (B, 3, 256, 256)."""
-        return self.layers(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.layers(x).contiguous()

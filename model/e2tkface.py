@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from .decoder import PRNET_DECODER_LAYERS, PRNetDecoder
-from .registry import register_model
-from .topk_attention import GlobalAttentionLayer, TopKWindowNeck
+from .registry import ModelConfigError, register_model
+from .topk_attention import ATTENTION_KINDS, GlobalAttentionLayer, TopKWindowNeck
 
 ENCODER_KINDS = ("aligned", "faithful", "cnn")
 
@@ -20,7 +20,8 @@ class E2TKFace(nn.Module):
 
     encoder: (B, 3, 256, 256) -> (B, C_enc, 32, 32) plain tensors (model.encoder.E2Encoder / CNNEncoder or any
     module with that contract); neck: (B, C_enc, 32, 32) -> (B, 512, 8, 8); global_layer: same shape;
-    decoder: (B, 512, 8, 8) -> (B, 3, 256, 256). channels_last=True runs the convolutions in NHWC layout.
+    decoder: (B, 512, 8, 8) -> (B, 3, 256, 256). The neck and the decoder always run in NHWC (channels_last)
+    layout; channels_last=True also feeds the encoder NHWC tensors (see model.device.to_channels_last).
     """
 
     def __init__(self, encoder: nn.Module, neck: nn.Module, global_layer: nn.Module, decoder: nn.Module,
@@ -34,12 +35,10 @@ class E2TKFace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, 256, 256) float in [0, 1] -> (B, 3, 256, 256) float, position map / 280."""
-        features = self.encoder(x)                                   # (B, 128, 32, 32)
         if self.channels_last:
-            features = features.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.encoder(x)                                   # (B, 128, 32, 32)
         tokens = self.global_layer(self.neck(features))              # (B, 512, 8, 8), channels_last strides
-        if not self.channels_last:
-            tokens = tokens.contiguous()
         return self.decoder(tokens)
 
     def export(self) -> "E2TKFace":
@@ -59,7 +58,7 @@ def build_encoder(kind: str = "aligned", width_mult: float = 1.0, out_ch: int = 
     """The encoder named by --encoder: "aligned" / "faithful" (E2Encoder layouts, C8 regular fields (4, 8, 16))
     or "cnn" (plain CNN ablation with the same channel widths (32, 64, 128), downsampling as ``cnn_layout``)."""
     if kind not in ENCODER_KINDS:
-        raise ValueError(f"encoder must be one of {ENCODER_KINDS}, got {kind!r}")
+        raise ModelConfigError(f"encoder must be one of {', '.join(ENCODER_KINDS)}, got {kind!r}.")
     from .encoder import CNNEncoder, E2Encoder                   # deferred: e2cnn is slow to import
 
     fields = tuple(max(1, round(w * width_mult)) for w in (4, 8, 16))
@@ -74,7 +73,7 @@ def scaled_dims(width_mult: float) -> dict:
     Neck channels are multiples of 32 (heads of 32); the global layer keeps heads of 64.
     """
     if width_mult <= 0:
-        raise ValueError(f"width_mult must be positive, got {width_mult}")
+        raise ModelConfigError(f"width_mult must be positive, got {width_mult}.")
     d1 = max(32, int(round(256 * width_mult / 32)) * 32)
     d2 = 2 * d1
     decoder = tuple((c if c == 3 else max(4, int(round(c * width_mult))), s) for c, s in PRNET_DECODER_LAYERS)
@@ -103,6 +102,10 @@ def build_e2tkface(encoder: str = "aligned", width_mult: float = 1.0, attention:
     attention: "linear" (published) | "softmax"; mean_tokens: append every window's mean key/value token;
     topk: key windows kept per query window; channels_last: NHWC convolutions; cnn_layout: downsampling of "cnn".
     """
+    if attention not in ATTENTION_KINDS:
+        raise ModelConfigError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {attention!r}.")
+    if not 1 <= topk <= 16:
+        raise ModelConfigError(f"topk must be between 1 and 16 (the windows per stage), got {topk}.")
     enc_out = scaled_dims(width_mult)["enc_out"]
     enc = build_encoder(encoder, width_mult, enc_out, cnn_layout)
     return build_e2tkface_from(enc, enc_out, width_mult, attention, mean_tokens, topk, channels_last)

@@ -180,11 +180,12 @@ class E2Encoder(nn.Module):
 
     # -- deployment ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def export(self) -> "CNNEncoder":
+    def export(self, channels_last: bool = False) -> "CNNEncoder":
         """A plain-torch twin (Conv2d with BN folded in, ReLU, AvgPool2d) in eval mode, same dtype and device.
 
         Its outputs equal this encoder's eval-mode outputs up to float rounding (BN uses the running statistics).
-        This module is left in its current mode.
+        This module is left in its current mode. ``channels_last=True`` stores the weights in channels-last
+        layout, which makes CPU convolution ~30 % faster here; its outputs are then channels-last tensors.
         """
         widths = tuple(t.size for t in self.stage_types)
         plain = CNNEncoder(self.layout, self.in_type.size, widths, self.out_type.size, batchnorm=False)
@@ -200,8 +201,7 @@ class E2Encoder(nn.Module):
         head = list(self.head.children())
         _copy_folded(plain.head_conv1, head[0], head[1])
         _copy_folded(plain.head_conv2, head[3], None)
-        param = next(self.parameters())
-        return plain.to(device=param.device, dtype=param.dtype).eval()
+        return _finish_export(plain, next(self.parameters()), channels_last)
 
     @torch.no_grad()
     def check_equivariance(self, size: int | None = None, generator: torch.Generator | None = None,
@@ -217,14 +217,14 @@ class E2Encoder(nn.Module):
         Returns:
             {angle_degrees: ||f(rot x) - rot f(x)|| / ||f(x)||}. This module is left in its mode and dtype.
         """
+        if any(a % 90 for a in angles):
+            raise ValueError(f"check_equivariance handles multiples of 90 degrees only, got {tuple(angles)}")
         if size is None:
             size = 256 if self.layout == "aligned" else 257
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         net = copy.deepcopy(self).to(dtype).eval()
         x = torch.rand(1, self.in_type.size, size, size, generator=generator, dtype=dtype)
-        if any(a % 90 for a in angles):
-            raise ValueError(f"check_equivariance handles multiples of 90 degrees only, got {tuple(angles)}")
         return {a: rot90_equivariance_error(net, x, (a // 90) % 4) for a in angles}
 
 
@@ -382,10 +382,10 @@ class CNNEncoder(nn.Module):
         return self.head_conv2(self.head_relu(self.head_bn(self.head_conv1(x))))
 
     @torch.no_grad()
-    def export(self) -> "CNNEncoder":
-        """A BN-folded copy in eval mode (same outputs as this module in eval mode). Identity if already folded."""
+    def export(self, channels_last: bool = False) -> "CNNEncoder":
+        """A BN-folded copy in eval mode (same outputs as this module in eval mode); see E2Encoder.export."""
         if not self.batchnorm:
-            return copy.deepcopy(self).eval()
+            return _finish_export(copy.deepcopy(self), next(self.parameters()), channels_last)
         widths = (self.stem_conv.out_channels,) + tuple(s[0].conv1.out_channels for s in self.stages[1:])
         plain = CNNEncoder(self.layout, self.stem_conv.in_channels, widths, self.head_conv2.out_channels,
                            batchnorm=False)
@@ -398,8 +398,14 @@ class CNNEncoder(nn.Module):
                     _fold_plain(dst.shortcut[0], src.shortcut[0], src.shortcut[1])
         _fold_plain(plain.head_conv1, self.head_conv1, self.head_bn)
         _fold_plain(plain.head_conv2, self.head_conv2, None)
-        param = next(self.parameters())
-        return plain.to(device=param.device, dtype=param.dtype).eval()
+        return _finish_export(plain, next(self.parameters()), channels_last)
+
+
+def _finish_export(plain: "CNNEncoder", like: torch.Tensor, channels_last: bool) -> "CNNEncoder":
+    plain = plain.to(device=like.device, dtype=like.dtype)
+    if channels_last:
+        plain = plain.to(memory_format=torch.channels_last)
+    return plain.eval()
 
 
 def _fold_plain(dst: nn.Conv2d, conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> None:

@@ -12,21 +12,21 @@ from torch import nn
 class SqueezeExcitation(nn.Module):
     """Channel gate: global mean -> Linear(C, C*ratio) -> SiLU -> Linear(C*ratio, C) -> sigmoid, multiplied in.
 
-    Linear layers have no bias (as published); implemented with 1x1 convs on the pooled (B, C, 1, 1) tensor.
+    Linear layers have no bias (as published).
     """
 
     def __init__(self, channels: int, ratio: float = 0.25):
         super().__init__()
         hidden = max(1, int(channels * ratio))
-        self.reduce = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.reduce = nn.Linear(channels, hidden, bias=False)
         self.act = nn.SiLU(inplace=True)
-        self.expand = nn.Conv2d(hidden, channels, 1, bias=False)
+        self.expand = nn.Linear(hidden, channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W)."""
-        gate = x.mean(dim=(2, 3), keepdim=True)                     # (B, C, 1, 1)
+        gate = x.mean(dim=(2, 3))                                   # (B, C)
         gate = torch.sigmoid(self.expand(self.act(self.reduce(gate))))
-        return x * gate
+        return x * gate[:, :, None, None]
 
 
 class MBConv(nn.Module):

@@ -3,6 +3,8 @@
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -60,7 +62,10 @@ class PRNetEncoder(nn.Module):
 
 
 class PRNet(nn.Module):
-    """PRNet: image (B, 3, 256, 256) in [0, 1] -> position map / 280, (B, 3, 256, 256). No loss in forward."""
+    """PRNet: image (B, 3, 256, 256) in [0, 1] -> position map / 280, (B, 3, 256, 256). No loss in forward.
+
+    The decoder runs in channels_last layout (as E2TKFace's); channels_last=True runs the encoder so too.
+    """
 
     def __init__(self, channels_last: bool = False):
         super().__init__()
@@ -74,9 +79,9 @@ class PRNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.encoder(x))
 
-    def export(self) -> nn.Module:
-        """Inference twin: PRNet is plain torch already, so this is the module itself in eval mode."""
-        return self.eval()
+    def export(self) -> "PRNet":
+        """Inference twin: PRNet is plain torch already, so this is a copy in eval mode."""
+        return copy.deepcopy(self).eval()
 
 
 @register_model("prnet")

@@ -7,7 +7,13 @@ from typing import Callable
 
 from torch import nn
 
+from faceutil.errors import FaceUtilError
+
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+class ModelConfigError(FaceUtilError, ValueError):
+    """A model option a user can get wrong (unknown model / encoder / attention name, bad width); one sentence."""
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -35,9 +41,9 @@ def list_models() -> list[str]:
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build the registered model ``name`` with builder keyword overrides; an unknown name raises ValueError."""
+    """Build the registered model ``name`` with builder keyword overrides; an unknown name raises ModelConfigError."""
     _load_builtin()
     key = name.lower()
     if key not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(_BUILDERS))}")
+        raise ModelConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(_BUILDERS))}.")
     return _BUILDERS[key](**kwargs)

@@ -8,13 +8,12 @@ import copy
 
 import pytest
 import torch
+from e2cnn import gspaces
+from e2cnn import nn as enn
 from torch import nn
 
 from model.e2compat import apply_e2cnn_compat
-from model.encoder import CNNEncoder, E2Encoder, rot90_equivariance_error
-
-from e2cnn import gspaces
-from e2cnn import nn as enn
+from model.encoder import BasicBlock, CNNEncoder, E2Encoder, rot90_equivariance_error
 
 
 def _randomize_bn(module: nn.Module, seed: int) -> None:
@@ -178,16 +177,18 @@ def test_aligned_rot90_equivariance_at_full_size(built):
 def test_export_matches_equivariant_encoder(built, layout, size):
     enc = _encoder(built, layout)
     plain = enc.export()
-    allowed = (CNNEncoder, nn.Conv2d, nn.ReLU, nn.AvgPool2d, nn.Identity, nn.Sequential, nn.ModuleList)
-    kinds = {type(m) for m in plain.modules()} - {type(m) for m in plain.modules() if isinstance(m, allowed)}
-    assert kinds <= {type(plain.stages[0][0])}  # plus our BasicBlock container
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.modules())  # BN folded
+    allowed = {CNNEncoder, BasicBlock, nn.Conv2d, nn.ReLU, nn.AvgPool2d, nn.Identity, nn.Sequential, nn.ModuleList}
+    assert {type(m) for m in plain.modules()} <= allowed  # plain torch only, BN folded into the convolutions
     assert not plain.training
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(12))
     with torch.no_grad():
         ref, out = enc(x), plain(x)
     assert ref.abs().max() > 0.1
     assert (out - ref).abs().max() <= 1e-4
+    with torch.no_grad():
+        out_cl = enc.export(channels_last=True)(x)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    assert (out_cl - ref).abs().max() <= 1e-4
 
 
 def test_cnn_export_folds_batchnorm_exactly():
@@ -225,7 +226,8 @@ def test_training_step_and_dtype_isolation():
     b = E2Encoder("faithful").double()         # must not convert the bases that `a` uses (e2cnn shares them)
     assert all(buf.dtype == torch.float32 for buf in a.buffers() if buf.is_floating_point())
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(32))
-    for enc, inp in ((a, x), (b, x.double())):
+    # E2TKFace may feed NHWC (channels_last) tensors: e2cnn's layers must accept them
+    for enc, inp in ((a, x.contiguous(memory_format=torch.channels_last)), (b, x.double())):
         enc.train()
         y = enc(inp)
         assert y.shape == (2, 128, 4, 4)

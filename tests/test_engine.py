@@ -286,6 +286,15 @@ def test_evaluation_of_ground_truth_posmaps_gives_metric_values(aflw_sets, tmp_p
     assert raw_report.dense is None
 
 
+def test_validation_on_the_test_set_is_recognised(aflw_sets, fake_set, tmp_path):
+    from engine.train import is_test_like
+
+    raw, processed, _ = aflw_sets
+    assert is_test_like(str(processed), None)                     # bbox_info carries pt3d_68 (AFLW2000 format)
+    assert is_test_like(str(fake_set), str(fake_set))              # -vd == -pd
+    assert not is_test_like(str(fake_set), str(raw))
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def _cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "torchrun.py"), *args], cwd=REPO, capture_output=True,

@@ -13,6 +13,15 @@ from model.loss import WeightedPosmapLoss
 from model.prnet import PRNet
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machines OpenMP spinning makes 2 threads slower, not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class StandInEncoder(nn.Module):
     """Tiny plain encoder with the E2Encoder contract: (B, 3, 256, 256) -> (B, C, 32, 32)."""
 
@@ -47,8 +56,12 @@ def _sample(seed=0):
 def test_registry_names_and_unknown_name():
     names = model.list_models()
     assert {"e2tkface", "prnet"} <= set(names)
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(FaceUtilError, match="unknown model"):
         model.build_model("no-such-net")
+    with pytest.raises(FaceUtilError, match="encoder"):
+        model.build_model("e2tkface", encoder="resnet")
+    with pytest.raises(FaceUtilError, match="attention"):
+        model.build_model("e2tkface", attention="full")
 
 
 @pytest.mark.parametrize("name", model.list_models())

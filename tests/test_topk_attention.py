@@ -13,6 +13,15 @@ from model.topk_attention import (GlobalAttentionLayer, TopKWindowAttention, Top
 KINDS = ("linear", "softmax")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machines OpenMP spinning makes 2 threads slower, not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _attn(kind, topk=2, mean_tokens=False, dim=32, heads=4, window=2, seed=0):
     torch.manual_seed(seed)
     return TopKWindowAttention(dim, heads, window, topk, attention=kind, mean_tokens=mean_tokens).double()
@@ -34,7 +43,7 @@ def _reference_attention(q, k, v, heads, kind, eps=1e-6):
     for h in range(heads):
         qh, kh, vh = (t[:, h * d:(h + 1) * d] for t in (q, k, v))
         if kind == "linear":
-            sim = elu_feature_map(qh) @ elu_feature_map(kh).T                    # (L, S) kernel values
+            sim = (F.elu(qh) + 1) @ (F.elu(kh) + 1).T                    # (L, S) kernel values
             weights = sim / (sim.sum(dim=1, keepdim=True) + eps)
         else:
             weights = torch.softmax(qh @ kh.T / math.sqrt(d), dim=1)
@@ -59,6 +68,14 @@ def _reference_topk(module, x, window_index):
             out[bi, wi] = _reference_attention(qw[bi, wi], torch.cat(keys), torch.cat(vals), module.heads,
                                                module.attention)
     return module.merge(window_reverse(out, ws, h, w))
+
+
+def test_feature_map_is_elu_plus_one():
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64, requires_grad=True)
+    y = elu_feature_map(x)
+    torch.testing.assert_close(y, F.elu(x) + 1)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.where(x > 0, 1.0, torch.exp(x)).double())
 
 
 def test_window_partition_roundtrip_and_layout():

@@ -1,0 +1,95 @@
+"""ONNX export: onnxruntime agrees with torch for both registered models, metadata identifies the model, the
+onnxruntime Predictor twin gives the torch Predictor's results, damaged files are one-sentence errors."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engine.errors import RunError
+from engine.export import OnnxBackend, OnnxPredictor, export_onnx
+from engine.predict import Predictor
+from model import build_model
+
+# Random-init weights suffice for agreement; reduced width keeps E2TKFace fast (same layers, same ops).
+CASES = {"e2tkface": {"width_mult": 0.25}, "prnet": {}}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    out = {}
+    for name, kwargs in CASES.items():
+        torch.manual_seed(0)
+        net = build_model(name, **kwargs).eval()
+        path = root / f"{name}.onnx"
+        meta = export_onnx(net, path, name, kwargs, bfm="synthetic")
+        out[name] = (net, path, meta)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_onnxruntime_matches_torch(exported, name):
+    net, path, meta = exported[name]
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        want = net(x).numpy()                                   # eager, equivariant encoder (not the export)
+    got = OnnxBackend(path)(x.numpy())
+    assert got.shape == want.shape
+    span = float(want.max() - want.min())                       # position-map range (output units = posmap / 280)
+    assert span > 0
+    assert float(np.abs(got - want).max()) <= 1e-3 * span
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_metadata_identifies_the_model(exported, name):
+    _, path, meta = exported[name]
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert props["model_name"] == name and props["bfm"] == "synthetic" and props["posmap_scale"] == "280"
+    assert props["batch"] in ("dynamic", "1") and props == meta | props
+
+
+def test_prnet_batch_axis_is_dynamic(exported):
+    _, path, meta = exported["prnet"]
+    assert meta["batch"] == "dynamic"
+    x = np.random.default_rng(0).random((3, 3, 256, 256), dtype=np.float32)
+    backend = OnnxBackend(path)
+    both = backend(x)
+    assert both.shape == (3, 3, 256, 256)
+    assert np.abs(both[1:2] - backend(x[1:2])).max() < 1e-4
+
+
+@pytest.mark.xfail(strict=False, reason="model/topk_attention.py bakes the traced batch size into a reshape "
+                                        "(window_reverse after the selection einsum); export falls back to batch 1")
+def test_e2tkface_batch_axis_is_dynamic(exported):
+    assert exported["e2tkface"][2]["batch"] == "dynamic"
+
+
+def test_onnx_predictor_twin_matches_torch_predictor(exported):
+    net, path, _ = exported["e2tkface"]
+    rng = np.random.default_rng(1)
+    image = (rng.random((300, 420, 3)) * 255).astype(np.uint8)
+    boxes = np.array([[40.0, 50.0, 190.0, 200.0], [230.0, 60.0, 380.0, 210.0]])
+    torch_results = Predictor(net, device="cpu", bfm="synthetic")(image, boxes)
+    twin = OnnxPredictor(path)
+    assert twin.model_name == "e2tkface" and twin.bfm == "synthetic" and twin.backend_name == "onnxruntime"
+    onnx_results = twin(image, boxes)
+    assert len(onnx_results) == 2
+    for a, b in zip(torch_results, onnx_results):
+        assert np.abs(a.landmarks - b.landmarks).max() < 0.3          # original px; 1e-3 of the 280 px map range
+        assert abs(a.pose["yaw"] - b.pose["yaw"]) < 0.5
+
+
+def test_damaged_or_foreign_onnx_file_is_one_sentence(exported, tmp_path):
+    data = exported["prnet"][1].read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 3])
+    for bad in (cut, tmp_path / "text.onnx"):
+        if bad.name == "text.onnx":
+            bad.write_text("not a model")
+        with pytest.raises(RunError) as err:
+            Predictor(bad, device="cpu")
+        assert "\n" not in str(err.value) and str(bad) in str(err.value)
+    with pytest.raises(RunError, match="prnet"):
+        Predictor(exported["prnet"][1], device="cpu", model="e2tkface")

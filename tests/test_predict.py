@@ -1,0 +1,356 @@
+"""Prediction: the Predictor's geometry (stub network returning the true position map), the detector, the -predict
+job's files on synthetic and genuine images and on a video, bad input, and a briefly trained model (slow)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import RunError
+from engine.predict import (FaceResult, Predictor, fit_pose, grid_triangles, predict_path, uv_geometry)
+from faceutil import crop
+from faceutil.detect import FaceDetector, detect_faces, landmark_box_from_detection, parse_boxes
+from faceutil.errors import FaceUtilError
+from faceutil.mesh import read_obj
+from faceutil.morphable import load_model
+from faceutil.pose import project
+from faceutil.sampleio import atomic_write_image, read_image, read_sample_mat
+from faceutil.synthetic import draw_params, render_sample
+from faceutil.uv import UVRenderer
+
+ASTRONAUT = Path("photos") / "skimage_astronaut.png"
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def face_model():
+    return load_model("synthetic")
+
+
+@pytest.fixture(scope="module")
+def uv_renderer(face_model):
+    return UVRenderer(face_model, 256)
+
+
+def _synthetic_face(face_model, seed, size=450, kind="AFLW2000"):
+    rng = np.random.default_rng(seed)
+    pose, shape, exp = draw_params(rng, face_model, kind, size)
+    image, lms = render_sample(face_model, pose, shape, exp, rng, size)
+    verts = project(face_model.vertices(shape, exp), pose, size)
+    return {"image": image, "landmarks": lms.astype(np.float64), "vertices": verts, "pose": pose}
+
+
+@pytest.fixture(scope="module")
+def faces(face_model):
+    """Two synthetic faces (450 x 450) with their truth."""
+    return [_synthetic_face(face_model, s) for s in (11, 12)]
+
+
+class TruthNet:
+    """Stub network: for the k-th face of a call it returns that face's true position map / 280 in the crop the
+    predictor made (the crops are recomputed from the boxes with the same rule), ignoring the pixels."""
+
+    def __init__(self, uv_renderer, vertices_list, boxes, box_kind):
+        self.maps = []
+        for verts, box in zip(vertices_list, boxes):
+            sim = Predictor.crop_for_box(box, box_kind)
+            v = sim.apply(verts)
+            v[:, 2] -= v[:, 2].min()
+            self.maps.append(uv_renderer.posmap(v).transpose(2, 0, 1) / 280.0)
+        self.calls = 0
+
+    def __call__(self, x):
+        out = np.stack(self.maps[self.calls:self.calls + len(x)])
+        self.calls += len(x)
+        return torch.from_numpy(out.astype(np.float32))
+
+
+def _landmark_box(lms):
+    return np.array(crop.landmark_box(lms))
+
+
+# ------------------------------------------------------------------------------------------------- geometry
+def test_grid_triangles_cover_a_mask_once_and_face_the_camera():
+    mask = np.zeros((5, 6), bool)
+    mask[1:4, 1:5] = True
+    mask[3, 4] = False                               # one corner missing: that block gives one triangle
+    tri = grid_triangles(mask)
+    assert len(tri) == 2 * 5 + 1
+    assert len({tuple(sorted(t)) for t in tri.tolist()}) == len(tri)
+    ys, xs = np.nonzero(mask)
+    pts = np.stack([xs, -ys], 1).astype(float)       # rows flipped to point up
+    a, b, c = pts[tri[:, 0]], pts[tri[:, 1]], pts[tri[:, 2]]
+    cross = (b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0]
+    assert np.all(cross > 0)                         # counter-clockwise seen from +z
+
+
+@pytest.mark.parametrize("box_kind", ["landmarks", "detector"])
+def test_stub_network_gives_true_landmarks_and_pose(face_model, uv_renderer, faces, box_kind):
+    """Two faces side by side, the network replaced by their true position maps: landmarks back in the original
+    image to float precision (the synthetic UV grid sits on pixel centres), pose within a few degrees."""
+    image = np.concatenate([faces[0]["image"], faces[1]["image"]], axis=1)      # (450, 900, 3)
+    verts = [faces[0]["vertices"], faces[1]["vertices"] + np.array([450.0, 0, 0], np.float32)]
+    lms = [faces[0]["landmarks"], faces[1]["landmarks"] + np.array([450.0, 0, 0])]
+    boxes = np.stack([_landmark_box(p) for p in lms])
+    if box_kind == "detector":                       # a detector-like box: larger and higher than the landmark box
+        c = (boxes[:, :2] + boxes[:, 2:]) / 2
+        side = (boxes[:, 2:] - boxes[:, :2]).max(1, keepdims=True) / 0.88
+        c[:, 1] -= 0.167 * side[:, 0]
+        boxes = np.concatenate([c - side / 2, c + side / 2], 1)
+    predictor = Predictor(TruthNet(uv_renderer, verts, boxes, box_kind), device="cpu", bfm="synthetic")
+    results = predictor(image, boxes, box_kind=box_kind)
+    assert len(results) == 2 and all(isinstance(r, FaceResult) for r in results)
+    for r, truth, face in zip(results, lms, faces):
+        assert np.abs(r.landmarks[:, :2] - truth[:, :2]).max() < 1e-2
+        dz = r.landmarks[:, 2] - truth[:, 2]
+        assert np.ptp(dz) < 1e-2                      # depth up to one constant per face
+        pitch, yaw, roll = np.degrees(face["pose"][:3])
+        assert abs(r.pose["yaw"] - yaw) < 4 and abs(r.pose["pitch"] - pitch) < 4 and abs(r.pose["roll"] - roll) < 4
+        assert r.pose["scale"] == pytest.approx(face["pose"][6], rel=0.05)
+        assert r.vertices.shape == (int(predictor.geometry.face_mask.sum()), 3)
+
+
+def test_pose_fit_recovers_a_known_similarity_with_the_y_flip(face_model):
+    geo = uv_geometry("synthetic")
+    pose = np.array([math.radians(-12), math.radians(47), math.radians(8), 210.0, 190.0, -40.0, 1.3e-3])
+    verts = project(geo.mean_points, pose, 450)           # image coordinates, y down
+    fit = fit_pose(verts, geo.mean_points, 450)
+    assert (fit["pitch"], fit["yaw"], fit["roll"]) == pytest.approx((-12, 47, 8), abs=1e-6)
+    assert fit["scale"] == pytest.approx(1.3e-3, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------- detector
+def test_detector_finds_the_astronaut(shared_data):
+    image = read_image(shared_data / ASTRONAUT)
+    boxes = detect_faces(image)
+    assert len(boxes) == 1                               # one face in the photo (512 x 512, face near (223, 113))
+    x1, y1, x2, y2 = boxes[0]
+    assert 190 < (x1 + x2) / 2 < 260 and 80 < (y1 + y2) / 2 < 150 and 60 < x2 - x1 < 150
+
+
+def test_detector_box_maps_onto_the_annotated_landmark_box(shared_data):
+    """On genuine near-frontal AFLW2000-3D images the calibrated box lies close to the pt3d_68 landmark box."""
+    detector = FaceDetector()
+    errors = []
+    for name in ("image00002", "image00013", "image00014", "image00019", "image00050", "image01322"):
+        sample = read_sample_mat(shared_data / "aflw2000_samples" / f"{name}.mat")
+        boxes = detector.detect(read_image(shared_data / "aflw2000_samples" / f"{name}.jpg"))
+        truth = _landmark_box(sample.pt3d_68)
+        side = (truth[2:] - truth[:2]).max()
+        centre = (truth[:2] + truth[2:]) / 2
+        if not len(boxes):
+            continue
+        est = min((landmark_box_from_detection(b) for b in boxes),
+                  key=lambda e: np.linalg.norm((e[:2] + e[2:]) / 2 - centre))
+        errors.append([np.linalg.norm((est[:2] + est[2:]) / 2 - centre) / side, (est[2] - est[0]) / side])
+    errors = np.array(errors)
+    assert len(errors) >= 5
+    assert np.median(errors[:, 0]) < 0.08                 # centre within the training jitter (10 % of the side)
+    assert 0.9 < np.median(errors[:, 1]) < 1.1             # side within the training scale jitter
+
+
+def test_parse_boxes():
+    assert parse_boxes("1,2,30,40").tolist() == [[1, 2, 30, 40]]
+    assert parse_boxes("1,2,30,40; 50,60,90,99").shape == (2, 4)
+    for bad in ("1,2,3", "a,b,c,d", "10,10,5,20", ""):
+        with pytest.raises(FaceUtilError):
+            parse_boxes(bad)
+
+
+# ------------------------------------------------------------------------------------------------- the job
+class MeanFaceNet(torch.nn.Module):
+    """Cheap stand-in network for the file-format tests: always the mean face, frontal, filling the crop like a
+    training crop (landmark box = crop / 1.5)."""
+
+    def __init__(self, face_model, uv_renderer):
+        super().__init__()
+        lms = face_model.mean[face_model.kpt_ind]
+        s = (256 / 1.5) / np.ptp(lms[:, :2], axis=0).max()
+        v = project(face_model.mean, np.array([0, 0, 0, 0, 0, 0, s]), 256).astype(np.float64)
+        box = _landmark_box(v[face_model.kpt_ind])
+        v[:, :2] += 127.5 - (box[:2] + box[2:]) / 2
+        v[:, 2] -= v[:, 2].min()
+        self.register_buffer("map", torch.from_numpy((uv_renderer.posmap(v).transpose(2, 0, 1) / 280.0)
+                                                     .astype(np.float32)))
+
+    def forward(self, x):
+        return self.map.expand(x.shape[0], -1, -1, -1) + 0 * x.mean()
+
+
+@pytest.fixture(scope="module")
+def small_predictor(face_model, uv_renderer):
+    return Predictor(MeanFaceNet(face_model, uv_renderer), device="cpu", bfm="synthetic")
+
+
+def _check_image_outputs(out: Path, name: str, n_faces: int, image_shape):
+    record = json.loads((out / f"{name}.json").read_text())
+    assert len(record["faces"]) == n_faces if n_faces is not None else len(record["faces"]) >= 1
+    h, w = image_shape[:2]
+    assert (record["height"], record["width"]) == (h, w)
+    for k, face in enumerate(record["faces"]):
+        assert np.array(face["landmarks_2d"]).shape == (68, 2)
+        assert np.array(face["landmarks_3d"]).shape == (68, 3)
+        assert all(math.isfinite(face["pose"][a]) for a in ("yaw", "pitch", "roll"))
+        verts, tri, colors = read_obj(out / face["mesh"])
+        assert verts.shape[1] == 3 and tri.shape[1] == 3 and colors is not None and tri.max() < len(verts)
+        assert 0 <= colors.min() and colors.max() <= 1
+        assert np.loadtxt(out / face["landmarks_file"]).shape == (68, 3)
+    assert read_image(out / record["depth"]).shape[:2] == (h, w)
+    assert read_image(out / record["overlay"]).shape == (h, w, 3)
+    return record
+
+
+def test_predict_folder_writes_every_file_and_skips_bad_items(small_predictor, faces, shared_data, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    atomic_write_image(src / "synth.png", faces[0]["image"])
+    (src / "astronaut.png").write_bytes((shared_data / ASTRONAUT).read_bytes())
+    (src / "aflw.jpg").write_bytes((shared_data / "aflw2000_samples" / "image00002.jpg").read_bytes())
+    (src / "notes.jpg").write_text("this is not an image\n")
+    (src / "empty.png").write_bytes(b"")
+    (src / "broken.mp4").write_bytes(b"\x00\x01 not a video" * 50)
+    (src / "readme.txt").write_text("hello")
+    out = tmp_path / "out"
+    summary = predict_path(small_predictor, src, out, boxes=None, progress=False)
+    status = {Path(it["input"]).name: it for it in summary.items}
+    assert status["astronaut.png"]["status"] == "ok" and status["aflw.jpg"]["status"] == "ok"
+    # the synthetic face is not a Haar-cascade face: reported, not fatal
+    for bad in ("notes.jpg", "empty.png", "broken.mp4", "readme.txt"):
+        assert status[bad]["status"] == "skipped", bad
+        reason = status[bad]["reason"]
+        assert reason and "\n" not in reason and "Traceback" not in reason
+    assert "empty" in status["empty.png"]["reason"] and "not a readable image" in status["notes.jpg"]["reason"]
+    _check_image_outputs(out, "astronaut", 1, (512, 512))
+    _check_image_outputs(out, "aflw", None, (450, 450))
+    record = json.loads((out / "summary.json").read_text())
+    assert record["processed"] == summary.processed and record["skipped"] == len(summary.skipped)
+
+
+def test_predict_with_given_boxes_several_faces(small_predictor, faces, tmp_path):
+    image = np.concatenate([faces[0]["image"], faces[1]["image"]], axis=1)
+    path = tmp_path / "pair.png"
+    atomic_write_image(path, image)
+    boxes = np.stack([_landmark_box(faces[0]["landmarks"]), _landmark_box(faces[1]["landmarks"]) + [450, 0, 450, 0]])
+    summary = predict_path(small_predictor, path, tmp_path / "out", boxes=boxes, progress=False)
+    assert summary.processed == 1
+    _check_image_outputs(tmp_path / "out", "pair", 2, image.shape)
+
+
+def test_predict_video_writes_annotated_frames(small_predictor, faces, tmp_path):
+    import cv2
+
+    video = tmp_path / "clip.mp4"
+    frames = [faces[i % 2]["image"][::2, ::2] for i in range(4)]      # 225 x 225
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (225, 225))
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[..., ::-1]))
+    writer.release()
+    box = _landmark_box(faces[0]["landmarks"]) / 2
+    summary = predict_path(small_predictor, video, tmp_path / "out", boxes=box[None], progress=False)
+    assert summary.processed == 1
+    record = json.loads((tmp_path / "out" / "clip.json").read_text())
+    assert record["frames"] == 4 and len(record["per_frame"]) == 4
+    assert all(len(fr["faces"]) == 1 for fr in record["per_frame"])
+    cap = cv2.VideoCapture(str(tmp_path / "out" / record["video"]))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert count == 4
+
+
+def test_single_bad_image_is_an_error(small_predictor, tmp_path):
+    bad = tmp_path / "zero.jpg"
+    bad.write_bytes(b"")
+    summary = predict_path(small_predictor, bad, tmp_path / "out", progress=False)
+    assert summary.processed == 0 and "empty" in summary.skipped[0]["reason"]
+    with pytest.raises(RunError, match="does not exist"):
+        predict_path(small_predictor, tmp_path / "missing.png", tmp_path / "out", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(path, name, **kwargs):
+    from engine.checkpoint import make_checkpoint, save_checkpoint
+    from model import build_model
+
+    torch.manual_seed(0)
+    save_checkpoint(path, make_checkpoint(build_model(name, **kwargs), name, kwargs))
+    return path
+
+
+def test_checkpoint_round_trip_and_bad_checkpoints(tmp_path):
+    path = _save_checkpoint(tmp_path / "small.pth", "e2tkface", width_mult=0.25, encoder="cnn")
+    predictor = Predictor(path, device="cpu", bfm="synthetic")
+    assert predictor.model_name == "e2tkface"
+    # another model than asked for
+    with pytest.raises(RunError, match="prnet"):
+        Predictor(path, device="cpu", bfm="synthetic", model="prnet")
+    # truncated
+    data = path.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunError) as err:
+        Predictor(tmp_path / "cut.pth", device="cpu", bfm="synthetic")
+    assert "\n" not in str(err.value)
+    # a bare state_dict of the other model
+    from model import build_model
+
+    torch.save(build_model("e2tkface", width_mult=0.25, encoder="cnn").state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(RunError, match="do not fit"):
+        Predictor(tmp_path / "bare.pth", device="cpu", bfm="synthetic", model="prnet")
+
+
+class _Marker:
+    """Unpickling this would create a marker file (it must never happen: weights_only loading)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_checkpoint_with_pickled_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "EXECUTED"
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": "e2tkface-checkpoint", "model_name": "prnet", "model": _Marker(marker)}, evil)
+    assert not marker.exists()
+    with pytest.raises(RunError, match="Refusing"):
+        Predictor(evil, device="cpu", bfm="synthetic")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------------- trained (slow)
+@pytest.mark.slow
+def test_briefly_trained_model_finds_synthetic_landmarks(face_model, tmp_path):
+    """Overfit a reduced-width E2TKFace on a handful of processed synthetic samples, then predict one of them
+    through the whole Predictor path (crop from its landmark box): landmarks within a few percent NME."""
+    from faceutil.metrics import nme
+    from faceutil.process import process_dataset
+    from faceutil.synthetic import synthesize_dataset
+    from model import WeightedPosmapLoss, build_model
+
+    raw, out = tmp_path / "raw", tmp_path / "crop"
+    names = synthesize_dataset(raw, "AFLW2000", 6, seed=5, model=face_model)
+    process_dataset(raw, out, progress=False)
+    images = np.stack([read_image(out / n / f"{n}_cropped.jpg") for n in names]).astype(np.float32) / 255
+    maps = np.stack([np.load(out / n / f"{n}_cropped_uv_posmap.npy") for n in names]) / 280.0
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    y = torch.from_numpy(maps.transpose(0, 3, 1, 2).astype(np.float32).copy())
+    torch.manual_seed(0)
+    net = build_model("e2tkface", width_mult=0.25, encoder="cnn")
+    loss_fn = WeightedPosmapLoss(uv_geometry("synthetic").face_mask.astype(np.float32))
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    net.train()
+    for step in range(150):
+        opt.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+    predictor = Predictor(net.eval(), device="cpu", bfm="synthetic")
+    truth = read_sample_mat(raw / f"{names[0]}.mat").pt3d_68
+    result = predictor(read_image(raw / f"{names[0]}.jpg"), _landmark_box(truth)[None], box_kind="landmarks")[0]
+    assert nme(result.landmarks[None, :, :2], truth[None, :, :2])[0] < 6.0
