@@ -162,6 +162,10 @@ class Config:
     gt: str = "original"
     gt_file: str | None = None
     export: bool = True
+    # inference jobs (engine.predict / engine.export)
+    predict: str | None = None
+    bbox: str | None = None
+    export_format: str | None = None
     # demo sizes
     demo_train_count: int = 160
     demo_test_count: int = 40
@@ -249,8 +253,9 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--visibleDevice", "--visible-devices"), "visible_devices", str,
      "comma-separated GPU ids to use (sets CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3"),
     (("--sync-bn",), "sync_bn", "bool", "use SyncBatchNorm when training on several GPUs"),
-    (("--out",), "out", str, "run folder for config.json, checkpoints, TensorBoard logs and results "
-                             "(default: savedmodel/<model>-<time>)"),
+    (("--out", "-o", "--output"), "out", str, "run folder for config.json, checkpoints, TensorBoard logs and "
+                                             "results (default: savedmodel/<model>-<time>); for -predict the "
+                                             "results folder, for -export the file"),
     (("--resume",), "resume", _resume_value, "continue an interrupted run: bare flag = <--out>/last.pth, "
                                              "or a path to a last.pth"),
     (("--progress",), "progress", "bool", "show tqdm progress bars"),
@@ -258,7 +263,15 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
                            "--gt-file)"),
     (("--gt-file",), "gt_file", str, "re-annotated landmarks (N,2,68) .npy, rows in sorted image-name order "
                                      "(3DDFA's AFLW2000-3D-Reannotated.pts68.npy)"),
-    (("--export",), "export", "bool", "evaluate with the exported (plain torch) encoder where the model has one"),
+    (("--exported-encoder",), "export", "bool", "run inference (evaluation, -predict) with the exported plain-torch "
+                                                "encoder where the model has one"),
+    (("-predict", "--predict"), "predict", str, "predict faces in an image, a video or a folder of them with "
+                                                "--loadModelPath (a .pth checkpoint or an exported .onnx); "
+                                                "results go to -o"),
+    (("--bbox",), "bbox", str, "face boxes for -predict as 'x1,y1,x2,y2' (several separated by ';'); default: "
+                               "detect faces"),
+    (("-export", "--export-format"), "export_format", str, "export --loadModelPath to a deployable file: onnx "
+                                                           "(written to -o)"),
     (("--demo-train-count",), "demo_train_count", _int, "synthetic training images made by --demo"),
     (("--demo-test-count",), "demo_test_count", _int, "synthetic AFLW2000-format images made by --demo"),
 ]
@@ -271,6 +284,14 @@ _EXAMPLES = """examples:
 Boolean flags accept True/False, true/false, 1/0 (and a bare --flag means True)."""
 
 
+_METAVARS = {"train_dir": "DIR", "val_dir": "DIR", "predict_dir": "DIR", "bfm": "DIR", "out": "DIR",
+             "load_model_path": "PATH", "resume": "PATH", "gt_file": "PATH", "model_kwargs": "JSON",
+             "num_workers": "N", "gpus": "N", "epochs": "N", "batch_size": "N", "seed": "N", "demo_train_count": "N",
+             "demo_test_count": "N", "val_fraction": "F", "lr": "F", "weight_decay": "F", "lr_decay": "F",
+             "time_limit": "MIN", "visible_devices": "IDS", "model": "NAME", "encoder": "NAME", "gt": "NAME",
+             "device": "DEV", "predict": "PATH", "bbox": "BOXES", "export_format": "FORMAT"}
+
+
 def build_parser() -> FlagParser:
     """The torchrun.py parser (original + long flag names)."""
     parser = make_parser(prog="torchrun.py",
@@ -279,7 +300,7 @@ def build_parser() -> FlagParser:
     defaults = Config()
     for names, dest, kind, help_text in _FLAGS:
         add_flag(parser, names, dest, help_text, kind=kind, default=getattr(defaults, dest),
-                 const="auto" if dest == "resume" else None)
+                 const="auto" if dest == "resume" else None, metavar=_METAVARS.get(dest))
     return parser
 
 
@@ -287,7 +308,9 @@ def parse_config(argv: Sequence[str] | None = None, *, check: bool = True) -> Co
     """Parse command-line flags into a Config (and validate it unless check=False). Raises ConfigError."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     values = vars(args)
-    config = Config(**values, given=tuple(sorted(values)))
+    if ("predict" in values or "export_format" in values) and "train" not in values:
+        values["train"] = False            # an inference job alone does not also start the default training
+    config = Config(**values, given=tuple(sorted(vars(args))))
     if check:
         validate(config)
     return config
@@ -308,8 +331,8 @@ def _require_dir(path: str | None, flag: str, what: str) -> None:
 
 def validate(config: Config, known_models: Sequence[str] | None = None) -> Config:
     """Check values and paths; raise ConfigError with one sentence naming the flag. Returns the config."""
-    if not (config.train or config.test or config.demo):
-        raise ConfigError("Nothing to do: give -train=True, -test=True or --demo.")
+    if not (config.train or config.test or config.demo or config.predict or config.export_format):
+        raise ConfigError("Nothing to do: give -train=True, -test=True, -predict=PATH, -export=onnx or --demo.")
     positive = (("batch_size", "--batchSize/--batch-size"), ("epochs", "--epochs"), ("gpus", "--gpu/--gpus"),
                 ("demo_train_count", "--demo-train-count"), ("demo_test_count", "--demo-test-count"))
     for name, flag in positive:
@@ -329,9 +352,6 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
         raise ConfigError(f"--lr-decay must be in (0, 1], not {config.lr_decay}.")
     if not 0 < config.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be between 0 and 1, not {config.val_fraction}.")
-    models = list(known_models) if known_models is not None else _known_models()
-    if config.model not in models:
-        raise ConfigError(f"Unknown --model={config.model!r}; choose one of {', '.join(models)}.")
     if config.encoder not in ENCODERS:
         raise ConfigError(f"Unknown --encoder={config.encoder!r}; choose one of {', '.join(ENCODERS)}.")
     if config.gt not in GROUND_TRUTHS:
@@ -342,8 +362,15 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
         raise ConfigError(f"--visibleDevice={config.visible_devices!r} is not a comma-separated list of GPU ids.")
     if config.bfm not in ("auto", "synthetic") and not Path(config.bfm).is_dir():
         raise ConfigError(f"The face-model folder {config.bfm!r} given by --bfm does not exist.")
-    if config.demo:
-        return config
+    if not config.demo:
+        _check_paths(config)
+    models = list(known_models) if known_models is not None else _known_models()   # imports torch: last
+    if config.model not in models:
+        raise ConfigError(f"Unknown --model={config.model!r}; choose one of {', '.join(models)}.")
+    return config
+
+
+def _check_paths(config: Config) -> None:
     if config.train:
         _require_dir(config.train_dir, "-td/--train-dir", "training")
         if config.val_dir is not None:
@@ -363,7 +390,6 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
             raise ConfigError("--gt=reannotated needs --gt-file=PATH to the re-annotated landmarks (.npy).")
         if not Path(config.gt_file).is_file():
             raise ConfigError(f"The landmark file {config.gt_file!r} given by --gt-file does not exist.")
-    return config
 
 
 def resolve_bfm(spec: str) -> str:

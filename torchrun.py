@@ -37,13 +37,22 @@ def main(argv: list[str] | None = None) -> int:
             result = run_training(config)
             checkpoint = result.best_path if result.best_path.is_file() else result.last_path
             config = config.replace(out=str(result.out))
+        from engine.distributed import info_from_env
+
+        if not info_from_env().is_main:         # under PyTorch's launcher only rank 0 goes on after training
+            return 0
         if config.test:
-            from engine.distributed import info_from_env
+            from engine.evaluate import run_evaluation
 
-            if info_from_env().is_main:
-                from engine.evaluate import run_evaluation
+            run_evaluation(config, checkpoint=checkpoint or config.load_model_path)
+        if config.export_format:
+            from engine.export import run_export
 
-                run_evaluation(config, checkpoint=checkpoint or config.load_model_path)
+            run_export(config, checkpoint=checkpoint)
+        if config.predict:
+            from engine.predict import run_predict
+
+            run_predict(config, checkpoint=checkpoint)
     except (ConfigError, RunError, FaceUtilError) as err:
         text = str(err).strip()
         print(f"torchrun.py: error: {text[0].upper() + text[1:] if text else type(err).__name__}", file=sys.stderr)

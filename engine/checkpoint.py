@@ -112,8 +112,11 @@ def check_model_identity(checkpoint: dict, path: str | Path, model_name: str, ex
 
 def load_weights(model: nn.Module, checkpoint: dict, path: str | Path) -> None:
     """Copy the checkpoint's weights into ``model`` (strict); a shape or key mismatch is one sentence."""
+    weights = checkpoint["model"]
+    if weights and all(k.startswith("module.") for k in weights):      # saved from a DDP/DataParallel wrapper
+        weights = {k[len("module."):]: v for k, v in weights.items()}
     try:
-        unwrap(model).load_state_dict(checkpoint["model"], strict=True)
+        unwrap(model).load_state_dict(weights, strict=True)
     except RuntimeError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""

@@ -168,7 +168,9 @@ class TorchBackend:
 
         with torch.inference_mode():
             out = self.module(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
-        return out.detach().float().cpu().numpy()
+        if isinstance(out, torch.Tensor):
+            return out.detach().float().cpu().numpy()
+        return np.asarray(out, dtype=np.float32)
 
 
 def load_torch_model(path, model: str | None = None, model_kwargs: dict | None = None, export: bool = True):
@@ -604,7 +606,10 @@ def run_predict(config, checkpoint=None) -> PredictSummary:
     for line in summary.lines():
         print(line)
     if summary.processed == 0:
-        reasons = "; ".join(it["reason"] for it in summary.skipped[:3]) or f"{config.predict} holds no files"
-        raise RunError(f"Nothing was predicted: {reasons}")
+        if len(summary.items) == 1:
+            raise RunError(summary.items[0]["reason"])
+        first = summary.skipped[0]["reason"] if summary.skipped else "it holds no files"
+        raise RunError(f"Nothing was predicted from {config.predict} ({len(summary.skipped)} item(s) skipped; "
+                       f"first: {first}).")
     print(f"results in {out}")
     return summary

@@ -82,7 +82,7 @@ def write_fake_processed(root: Path, count: int, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="module")
 def fake_set(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fakeset") / "train-crop"
-    write_fake_processed(root, 10)
+    write_fake_processed(root, 8)
     return root
 
 
@@ -117,6 +117,8 @@ def test_resume_is_bit_for_bit(fake_set, tmp_path):
     # training moved the weights, best.pth exists, config.json records the run
     first = torch.load(tmp_path / "b" / "best.pth", weights_only=True)
     assert first["model_name"] == "tiny" and first["model_kwargs"] == {"width": 4}
+    assert list((tmp_path / "a" / "tensorboard").glob("events.out.tfevents.*"))
+    assert [h["epoch"] for h in json.loads((tmp_path / "a" / "history.json").read_text())] == [1, 2]
     saved = Config.load_json(tmp_path / "a" / "config.json")
     assert saved.epochs == 2 and saved.model == "tiny" and saved.out == str(tmp_path / "a")
 
@@ -152,8 +154,8 @@ def test_ddp_two_gloo_processes_match_one_process(fake_set, tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(fake_set, tmp_path):
     from engine.train import run_training
 
-    # 8 training samples / batch 2 = 4 steps per epoch: epoch 1 is fine, epoch 2 turns NaN
-    cfg = tiny_config(fake_set, tmp_path / "nan", epochs=3, model_kwargs={"width": 4, "nan_after": 5})
+    # 6 training samples / batch 2 = 3 steps per epoch: epoch 1 is fine, epoch 2 turns NaN
+    cfg = tiny_config(fake_set, tmp_path / "nan", epochs=3, model_kwargs={"width": 4, "nan_after": 4})
     with pytest.raises(RunError, match=r"NaN.*epoch 2.*last good checkpoint is .*last\.pth"):
         run_training(cfg, tiny_factory, fake_uv())
     ck = load_checkpoint(tmp_path / "nan" / "last.pth")
@@ -282,7 +284,7 @@ def test_evaluation_of_ground_truth_posmaps_gives_metric_values(aflw_sets, tmp_p
     # the raw AFLW2000 folder gives the same crops (deterministic evaluation crop), hence the same numbers
     cfg_raw = cfg.replace(predict_dir=str(raw), gt="original", gt_file=None)
     raw_report = run_evaluation(cfg_raw, model=PosmapStub(maps), uv=uv, quiet=True)
-    np.testing.assert_allclose(raw_report.nme2d, expect2d, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(raw_report.nme2d, expect2d, rtol=1e-4, atol=1e-4)
     assert raw_report.dense is None
 
 
@@ -325,10 +327,12 @@ def test_cli_train_then_test_end_to_end_errors_are_sentences(fake_set, tmp_path)
 
 
 @pytest.mark.slow
-def test_demo_small_runs_and_improves(tmp_path):
-    proc = _cli("--demo", f"--out={tmp_path / 'demo'}", "--epochs=2", "--demo-train-count=24",
-                "--demo-test-count=6", "--progress=False", timeout=1500)
+def test_full_demo_improves_nme(tmp_path):
+    """The default demo (about 10-12 min on 2 CPU cores): trained NME clearly below untrained."""
+    proc = _cli("--demo", f"--out={tmp_path / 'demo'}", "--progress=False", timeout=1500)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
-    assert summary["nme2d_after"] < summary["nme2d_before"]
-    assert (tmp_path / "demo" / "run" / "best.pth").is_file()
+    assert summary["nme2d_after"] < 0.8 * summary["nme2d_before"]
+    assert (tmp_path / "demo" / "run" / "best.pth").is_file() and (tmp_path / "demo" / "run" / "final.pth").is_file()
+    assert list((tmp_path / "demo" / "vis").glob("*_landmarks.jpg"))
+    assert "untrained" in proc.stdout and "TensorBoard" in proc.stdout

@@ -354,3 +354,49 @@ def test_briefly_trained_model_finds_synthetic_landmarks(face_model, tmp_path):
     truth = read_sample_mat(raw / f"{names[0]}.mat").pt3d_68
     result = predictor(read_image(raw / f"{names[0]}.jpg"), _landmark_box(truth)[None], box_kind="landmarks")[0]
     assert nme(result.landmarks[None, :, :2], truth[None, :, :2])[0] < 6.0
+
+
+# ------------------------------------------------------------------------------------------------- command line
+def _cli(argv, capsys):
+    import torchrun
+
+    code = torchrun.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip()
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    return _save_checkpoint(tmp_path_factory.mktemp("ck") / "small.pth", "e2tkface", width_mult=0.25,
+                            encoder="cnn")
+
+
+def test_cli_predict_image_and_bad_inputs(small_checkpoint, shared_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = _cli(["-predict=" + str(shared_data / ASTRONAUT), f"--loadModelPath={small_checkpoint}",
+                              f"-o={out}", "--bfm=synthetic", "--device=cpu"], capsys)
+    assert code == 0, err
+    _check_image_outputs(out, "skimage_astronaut", 1, (512, 512))
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.png"
+    text.write_text("no image here")
+    video = tmp_path / "broken.avi"
+    video.write_bytes(b"RIFF0000AVI garbage" * 20)
+    marker = tmp_path / "EXECUTED"
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": "e2tkface-checkpoint", "model_name": "prnet", "model": _Marker(marker)}, evil)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(small_checkpoint.read_bytes()[:5000])
+    cases = [([f"-predict={empty}", f"--loadModelPath={small_checkpoint}"], "empty"),
+             ([f"-predict={text}", f"--loadModelPath={small_checkpoint}"], "not a readable image"),
+             ([f"-predict={video}", f"--loadModelPath={small_checkpoint}"], "cannot be read"),
+             ([f"-predict={shared_data / ASTRONAUT}", f"--loadModelPath={evil}"], "Refusing"),
+             ([f"-predict={shared_data / ASTRONAUT}", f"--loadModelPath={cut}"], "checkpoint"),
+             ([f"-predict={shared_data / ASTRONAUT}", f"--loadModelPath={small_checkpoint}", "--model=prnet"],
+              "prnet")]
+    for argv, needle in cases:
+        code, _, err = _cli(argv + [f"-o={tmp_path / 'bad'}", "--bfm=synthetic", "--device=cpu"], capsys)
+        assert code != 0, argv
+        assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not marker.exists()
