@@ -10,13 +10,13 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from faceutil.sampleio import atomic_write_bytes
 from model.encoder import CNNEncoder, E2Encoder, rot90_equivariance_error
 
 RESULTS = Path(__file__).resolve().parent / "results" / "equivariance.md"
@@ -169,19 +169,6 @@ def _cpu_name() -> str:
     return platform.machine() + " CPU"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS, help="markdown file to write")
@@ -294,7 +281,8 @@ def main(argv=None) -> None:
         ]
         lines += [f"| {n} | {m} | {b} | {w0:.0f} | {w1:.0f} | {c:.0f} |" for n, m, b, w0, w1, c in timings]
     lines.append("")
-    _atomic_write_text(args.out, "\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out, "\n".join(lines).encode())
     print("\n".join(lines))
 
 
