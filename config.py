@@ -307,10 +307,11 @@ def build_parser() -> FlagParser:
 def parse_config(argv: Sequence[str] | None = None, *, check: bool = True) -> Config:
     """Parse command-line flags into a Config (and validate it unless check=False). Raises ConfigError."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    values = vars(args)
+    values = dict(vars(args))
+    given = tuple(sorted(values))
     if ("predict" in values or "export_format" in values) and "train" not in values:
         values["train"] = False            # an inference job alone does not also start the default training
-    config = Config(**values, given=tuple(sorted(vars(args))))
+    config = Config(**values, given=given)
     if check:
         validate(config)
     return config

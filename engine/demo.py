@@ -25,7 +25,7 @@ DEMO_DEFAULTS = {
     "lr_decay": 0.9,
     "num_workers": 0,
     "val_fraction": 0.05,
-    "time_limit": 9.0,
+    "time_limit": 8.0,
     "device": "cpu",
 }
 

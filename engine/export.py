@@ -68,11 +68,10 @@ def export_onnx(model, path, model_name: str, model_kwargs: dict | None = None, 
     The graph maps "image" (B, 3, 256, 256) float32 RGB in [0, 1] to "posmap" (B, 3, 256, 256) = position map / 280.
     The batch axis is dynamic; when the traced graph turns out to have the batch size baked in (checked with
     onnxruntime: batch 2 against two batch-1 runs), the file declares batch 1 instead and metadata "batch" = "1"
-    (the predictor then feeds one face at a time). metadata_props: model_name, model_kwargs (JSON), bfm, posmap_scale, input_size,
-    batch, format. Returns the metadata dict.
+    (the predictor then feeds one face at a time). metadata_props: model_name, model_kwargs (JSON), bfm,
+    posmap_scale, input_size, batch, format. Returns the metadata dict.
     """
     import onnx
-    import torch
 
     from faceutil.sampleio import atomic_write_bytes
 

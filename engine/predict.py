@@ -1,5 +1,5 @@
-"""Prediction on arbitrary photos and videos: the ``Predictor`` facade (image + face boxes -> landmarks, head pose, dense
-mesh) and the ``-predict`` job (image / folder / video -> JSON, .obj, depth and overlay pictures, annotated video).
+"""Prediction on arbitrary photos and videos: the ``Predictor`` facade (image + face boxes -> landmarks, head pose,
+dense mesh) and the ``-predict`` job (image / folder / video -> JSON, .obj, depth and overlay pictures, video).
 
 Owns the detector-box -> crop rule at inference, the posmap -> original-image mapping, the pose fit, and the writers.
 """
@@ -248,7 +248,8 @@ class Predictor:
         elif callable(source):
             self.backend = TorchBackend(source, device)
         else:
-            raise TypeError(f"Predictor needs a checkpoint / .onnx path, an nn.Module or a callable, got {type(source)}")
+            raise TypeError(f"Predictor needs a checkpoint / .onnx path, an nn.Module or a callable, "
+                            f"got {type(source)}")
         self.bfm = resolve_bfm_spec(bfm if bfm is not None else recorded_bfm)
         self.geometry = uv_geometry(self.bfm)
         self.batch_size = max(1, int(batch_size))
@@ -460,8 +461,7 @@ def predict_image(predictor: Predictor, path: Path, writer: ResultWriter, name: 
     return {"faces": len(faces), "json": str(json_path)}
 
 
-def predict_video(predictor: Predictor, path: Path, out_dir: Path, name: str, boxes=None,
-                  progress: bool = False) -> dict:
+def predict_video(predictor: Predictor, path: Path, out_dir: Path, name: str, boxes=None) -> dict:
     """A video -> <name>_annotated.mp4 (mp4v; every frame with meshes and landmarks) and <name>.json (per-frame
     landmarks and pose). Frames without a face are copied unannotated. Returns faces / frames / fps stats."""
     import cv2
@@ -558,14 +558,14 @@ def predict_path(predictor: Predictor, path, out_dir, boxes=None, progress: bool
         raise RunError(f"The output folder {out_dir} cannot be created ({err.strerror}).") from None
     writer = ResultWriter(out_dir, predictor)
     summary = PredictSummary()
-    used: set = set()
+    used: set = {"summary"}                   # summary.json is the run's own file
     for item in items:
         name = _unique_name(item, used)
         suffix = item.suffix.lower()
         entry = {"input": str(item), "name": name}
         try:
             if suffix in VIDEO_SUFFIXES:
-                entry.update(predict_video(predictor, item, out_dir, name, boxes, progress))
+                entry.update(predict_video(predictor, item, out_dir, name, boxes))
             elif suffix in IMAGE_SUFFIXES or not path.is_dir():
                 entry.update(predict_image(predictor, item, writer, name, boxes))
             else:

@@ -140,3 +140,12 @@ def test_resolve_bfm_falls_back_to_synthetic(tmp_path, monkeypatch):
     (tmp_path / "data" / "Out" / "BFM.mat").write_bytes(b"")
     assert resolve_bfm("auto") == "data/Out"
     assert resolve_bfm("synthetic") == "synthetic"
+
+
+def test_inference_jobs_do_not_start_the_default_training(tmp_path):
+    c = _parse("-predict=photo.jpg", "--loadModelPath=m.pth", "-o=out", "--bbox=1,2,30,40")
+    assert (c.train, c.predict, c.out, c.bbox) == (False, "photo.jpg", "out", "1,2,30,40")
+    e = _parse("-export=onnx", "--loadModelPath=m.pth", "--output=m.onnx")
+    assert (e.train, e.export_format, e.out) == (False, "onnx", "m.onnx")
+    assert _parse("-predict=p", "-train=True").train is True          # explicit training still happens
+    assert _parse("--exported-encoder=False").export is False

@@ -336,3 +336,28 @@ def test_full_demo_improves_nme(tmp_path):
     assert (tmp_path / "demo" / "run" / "best.pth").is_file() and (tmp_path / "demo" / "run" / "final.pth").is_file()
     assert list((tmp_path / "demo" / "vis").glob("*_landmarks.jpg"))
     assert "untrained" in proc.stdout and "TensorBoard" in proc.stdout
+
+
+def test_reannotated_rows_match_genuine_aflw2000_samples(shared_data, tmp_path):
+    import shutil
+
+    from faceutil.sampleio import read_sample_mat
+
+    from engine.evaluate import reannotated_rows
+
+    gt_dir = shared_data / "aflw2000_gt"
+    mats = sorted((shared_data / "aflw2000_samples").glob("*.mat"))[:6]
+    names = [m.stem for m in mats]
+    pt3d = np.stack([read_sample_mat(m).pt3d_68 for m in mats])
+    rows = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in (gt_dir / "sample_index.tsv").read_text().splitlines()[1:]}
+    table = np.load(gt_dir / "AFLW2000-3D-Reannotated.pts68.npy").transpose(0, 2, 1)
+    expect = table[[rows[n] for n in names]]
+    np.testing.assert_array_equal(reannotated_rows(gt_dir / "AFLW2000-3D-Reannotated.pts68.npy", names, pt3d), expect)
+    # without the index file, rows are found from the exact pt3d_68 in AFLW2000-3D.pts68.npy
+    for f in ("AFLW2000-3D-Reannotated.pts68.npy", "AFLW2000-3D.pts68.npy"):
+        shutil.copy(gt_dir / f, tmp_path / f)
+    np.testing.assert_array_equal(reannotated_rows(tmp_path / "AFLW2000-3D-Reannotated.pts68.npy", names, pt3d),
+                                  expect)
+    (tmp_path / "AFLW2000-3D.pts68.npy").unlink()
+    with pytest.raises(RunError, match="Cannot match the 6 evaluation images"):
+        reannotated_rows(tmp_path / "AFLW2000-3D-Reannotated.pts68.npy", names, pt3d)
