@@ -84,15 +84,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise RunError(f"The checkpoint {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise RunError(f"The checkpoint {path} is empty (0 bytes).")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RunError(f"Refusing to load {path}: it holds objects other than tensors and plain values, which "
-                       f"weights_only loading does not run ({first[:160]}).") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise RunError(f"Cannot read the checkpoint {path}: {str(err).splitlines()[0][:200] if str(err) else err}.") \
-            from None
+    except pickle.UnpicklingError:
+        raise RunError(f"Refusing to load {path}: it holds pickled objects other than tensors and plain values "
+                       "(code could run), and only weights are loaded.") from None
+    except Exception:  # noqa: BLE001 - torch raises many kinds (KeyError, RuntimeError, OSError...) for bad bytes
+        raise RunError(f"Cannot read the checkpoint {path}: the file is damaged or is not a PyTorch checkpoint "
+                       "(truncated download?).") from None
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return data
     if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):

@@ -77,18 +77,22 @@ def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
 def find_samples(input_dir: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
     """Image files under `input_dir` (recursively), each a sample named by its stem, sorted by name.
 
-    Returns (samples, duplicates): samples as (name, image path); a second image with an already-used name is
-    reported as a duplicate instead (its outputs would overwrite the first's).
+    Returns (samples, rejected): samples as (name, image path); rejected as (path relative to `input_dir`,
+    reason) for a second image with an already-used name (its outputs would overwrite the first's) and for
+    names holding a tab or line break (they would break index.tsv).
     """
     found: dict[str, Path] = {}
-    duplicates: list[tuple[str, str]] = []
+    rejected: list[tuple[str, str]] = []
     paths = sorted(p for p in Path(input_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     for p in paths:
-        if p.stem in found:
-            duplicates.append((p.stem, f"duplicate sample name: {p} and {found[p.stem]} would share one output folder"))
+        rel = p.relative_to(input_dir).as_posix()
+        if any(c in p.stem for c in "\t\n\r"):
+            rejected.append((rel.encode("unicode_escape").decode(), "the file name holds a tab or line break"))
+        elif p.stem in found:
+            rejected.append((rel, f"duplicate sample name: {p} and {found[p.stem]} would share one output folder"))
         else:
             found[p.stem] = p
-    return sorted(found.items()), duplicates
+    return sorted(found.items()), rejected
 
 
 def is_done(paths: dict[str, Path], options: ProcessOptions) -> bool:
@@ -147,8 +151,14 @@ class SampleProcessor:
         if not loaded:
             return results
         with self._stage("mesh"):
-            shapes = np.stack([s.shape_para for _, s, _ in loaded]).astype(np.float32)
-            exps = np.stack([s.exp_para for _, s, _ in loaded]).astype(np.float32)
+            # always CHUNK rows (zero-padded): BLAS rounds a lone matrix-vector product differently from a matrix
+            # product, and a sample's bytes must not depend on which chunk a resumed run puts it in
+            rows = max(CHUNK, len(loaded))
+            shapes = np.zeros((rows, self.model.n_shape), np.float32)
+            exps = np.zeros((rows, self.model.n_exp), np.float32)
+            for k, (_, smp, _) in enumerate(loaded):
+                shapes[k, : smp.shape_para.size] = smp.shape_para
+                exps[k, : smp.exp_para.size] = smp.exp_para
             verts = self.model.vertices_batch(shapes, exps)
         for (name, sample, image), v in zip(loaded, verts):
             try:
@@ -279,10 +289,12 @@ def process_dataset(input_dir, output_dir, *, bfm: str = "synthetic", full: bool
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
         raise FaceUtilError(f"shard {i}/{n} is not valid: use i/n with 0 <= i < n")
-    samples, duplicates = find_samples(input_dir)
+    samples, rejected = find_samples(input_dir)
     if not samples:
         raise FaceUtilError(f"input folder {input_dir} holds no images (.jpg, .jpeg, .png)")
     samples = samples[i::n]
+    options = ProcessOptions(bfm=bfm, full=full, visualize=visualize, old_kpt=old_kpt, seed=seed)
+    _init_worker(options)  # load the face model first: a bad --bfm fails before anything is written
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / f".write-test-{os.getpid()}"
@@ -291,11 +303,11 @@ def process_dataset(input_dir, output_dir, *, bfm: str = "synthetic", full: bool
     except OSError as err:
         raise FaceUtilError(f"output folder {output_dir} is not writable ({err.strerror})") from None
 
-    options = ProcessOptions(bfm=bfm, full=full, visualize=visualize, old_kpt=old_kpt, seed=seed)
-    summary = ProcessSummary(skipped=[d for d in duplicates])
+    rejected = rejected if i == 0 else []  # reported once, by the first shard
+    summary = ProcessSummary(skipped=list(rejected))
     index_path = output_dir / ("index.tsv" if n == 1 else f"index.shard{i}of{n}.tsv")
     rows = {k: v for k, v in _read_index_rows(index_path).items() if v[0] == "ok"}
-    rows.update({name: ("skipped", reason) for name, reason in duplicates})
+    rows.update({name: ("skipped", reason) for name, reason in rejected})
     todo = []
     for name, image_path in samples:
         if is_done(output_paths(output_dir, name), options):
@@ -320,16 +332,13 @@ def process_dataset(input_dir, output_dir, *, bfm: str = "synthetic", full: bool
     bar = _progress(len(todo), progress)
     try:
         if threads <= 1 or len(chunks) <= 1:
-            _init_worker(options)
             for c in chunks:
                 res = _run_chunk(c)
                 collect(res)
                 bar.update(len(res))
         else:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            if method == "fork":
-                _init_worker(options)  # built once here; the forked workers share its tables copy-on-write
-            ctx = mp.get_context(method)
+            # forked workers share the model built above copy-on-write; spawned ones build their own
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             with ctx.Pool(threads, initializer=_init_worker, initargs=(options,)) as pool:
                 for res in pool.imap_unordered(_run_chunk, chunks):
                     collect(res)

@@ -94,10 +94,6 @@ def test_processor_two_workers_killed_then_rerun_is_byte_identical(seeds, tmp_pa
     assert not [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
 
 
-@pytest.mark.xfail(strict=True, reason="faceutil.process computes a chunk's vertices with one float32 matrix "
-                   "product; a chunk of ONE sample takes BLAS's matrix-vector path, whose rounding differs (up to "
-                   "0.016 model units), so its position map and bbox_info differ from a batched run. Remove this "
-                   "mark when fixed.")
 def test_resume_of_one_unfinished_sample_is_byte_identical(seeds, tmp_path):
     """A kill between a sample's posmap and its bbox_info (the last file) leaves it unfinished: the rerun then
     processes that sample alone, and must still write the bytes an uninterrupted run writes."""
@@ -229,8 +225,8 @@ def test_folder_of_bad_samples(seeds, tmp_path, capsys):
         assert "\n" not in rows[name][1]
         made = [p for p in (out / name).rglob("*") if p.is_file()] if (out / name).exists() else []
         assert not made, made                                   # nothing half-written for a bad sample
-    dup = [ln for ln in text.splitlines() if ln.startswith("  skipped good_plain: duplicate sample name")]
-    assert len(dup) == 1 and "zz_sub" in dup[0]
+    dup = [ln for ln in text.splitlines() if ln.startswith("  skipped zz_sub/good_plain.jpg: duplicate sample name")]
+    assert len(dup) == 1 and rows["zz_sub/good_plain.jpg"][0] == "skipped"  # the duplicate has its own index row
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
     # a rerun finds the good ones done and reports the same bad ones again
@@ -239,10 +235,6 @@ def test_folder_of_bad_samples(seeds, tmp_path, capsys):
     assert code == 1 and f"processed 0, already done {len(good)}, skipped {len(bad) + 1}" in again
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "faceutil/process.py writes sample names verbatim into index.tsv: a file name holding a TAB or a line break "
-    "is processed 'ok' but breaks the table, and data.index.read_index then refuses the whole folder. Such names "
-    "should be skipped with a reason (or escaped). Remove this mark when fixed."))
 def test_names_with_tab_or_line_break_keep_the_index_readable(seeds, tmp_path, capsys):
     from data.index import read_index
 
@@ -410,12 +402,8 @@ _NOT_A_CHECKPOINT = {
 
 @pytest.mark.parametrize("kind", [
     "random bytes",
-    pytest.param("text file", marks=pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-        "engine/checkpoint.py load_checkpoint does not catch the KeyError torch.load's weights-only unpickler "
-        "raises for a short text file: torchrun.py prints a traceback. Remove this mark when fixed."))),
-    pytest.param("zero bytes", marks=pytest.mark.xfail(strict=True, reason=(
-        "engine/checkpoint.py: an empty file gives 'Cannot read the checkpoint PATH: .' - the reason after the "
-        "colon is empty. Remove this mark when fixed."))),
+    "text file",
+    "zero bytes",
 ])
 def test_files_that_are_no_checkpoint_are_one_sentence(seeds, tmp_path, capsys, kind):
     _, _, aflw = seeds
