@@ -15,6 +15,7 @@ lands 9.7 px too high (NME 5.5 % instead of 0.78 %; tests/test_morphable.py).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,6 +297,18 @@ def save_bfm(model: MorphableModel, out_dir) -> Path:
     return _write_bfm_files(out_dir, _model_struct(model), model.uv)
 
 
+@functools.lru_cache(maxsize=2)
+def _synthetic_model(seed: int) -> MorphableModel:
+    """The synthetic model, built once per process and seed; its arrays are read-only since callers share it."""
+    from faceutil.synthetic import build_synthetic_model
+
+    model = build_synthetic_model(seed)
+    for value in vars(model).values():
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)
+    return model
+
+
 def load_model(spec="synthetic", seed: int = 0) -> MorphableModel:
     """The morphable model the pipeline uses.
 
@@ -307,9 +320,7 @@ def load_model(spec="synthetic", seed: int = 0) -> MorphableModel:
         FaceUtilError: the folder or one of its files is missing or malformed (one sentence naming it).
     """
     if isinstance(spec, str) and spec.strip().lower() == "synthetic":
-        from faceutil.synthetic import build_synthetic_model
-
-        return build_synthetic_model(seed)
+        return _synthetic_model(int(seed))
     path = Path(spec)
     if path.is_file() and path.suffix.lower() == ".mat":
         return load_bfm(path, path.parent / UV_FILE)

@@ -168,8 +168,12 @@ def test_load_model_dispatch(tmp_path, monkeypatch):
     fake = types.ModuleType("faceutil.synthetic")
     fake.build_synthetic_model = lambda seed=0: seen.append(seed) or tiny
     monkeypatch.setitem(sys.modules, "faceutil.synthetic", fake)
-    assert load_model() is tiny and load_model("synthetic", seed=3) is tiny
-    assert seen == [0, 3]
+    morphable._synthetic_model.cache_clear()
+    try:
+        assert load_model() is tiny and load_model("synthetic", seed=3) is tiny
+        assert load_model() is tiny and seen == [0, 3]  # built once per seed, then shared
+    finally:
+        morphable._synthetic_model.cache_clear()  # do not leak the stand-in to other tests
 
     save_bfm(tiny, tmp_path / "Out")
     _assert_same_model(load_model(tmp_path / "Out"), tiny)
