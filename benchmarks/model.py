@@ -2,7 +2,8 @@
 at batch 16, per-stage times and peak memory, for E2TKFace (equivariant / exported encoder) and PRNet.
 
 Owns benchmarks/results/model.md. Run from the repository root:  python -m benchmarks.model  [--threads 2]
-Each model is measured in its own subprocess (clean peak RSS); times are the median (and min) of repeated runs.
+All variants are timed in one process, round-robin (A B C A B C ...), so that load from other processes hits them
+alike; peak RSS is measured per variant in a fresh subprocess. Times: median (and min) of repeated runs.
 """
 from __future__ import annotations
 
@@ -43,19 +44,7 @@ LABELS = {
     "e2tkface-export-bf16": "E2TKFace (exported encoder), channels_last + bf16 autocast",
     "prnet-bf16": "PRNet, channels_last + bf16 autocast",
 }
-DEFAULT_VARIANTS = ("e2tkface", "e2tkface-export", "prnet", "e2tkface-export-cl", "prnet-cl")
-
-
-def _timed(fn, reps: int, warmup: int = 1) -> dict:
-    """Run fn warmup + reps times; seconds as median and min of the timed reps."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return {"median": statistics.median(times), "min": min(times), "reps": reps}
+DEFAULT_VARIANTS = ("e2tkface", "e2tkface-export", "prnet")
 
 
 def _stages(net, prnet: bool):
@@ -66,56 +55,141 @@ def _stages(net, prnet: bool):
             ("decoder", net.decoder)]
 
 
-def run_worker(variant: str, threads: int, reps: int, big_batch: int) -> dict:
-    """Measure one variant in this process; returns a JSON-able dict."""
+class _Subject:
+    """One benchmarked variant: the network, its input layout and precision context, an optimiser."""
+
+    def __init__(self, variant: str, big_batch: int):
+        import torch
+
+        import model
+
+        name, kwargs, export, channels_last, precision = VARIANTS[variant]
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        net = model.build_model(name, **kwargs)
+        self.build_s = time.perf_counter() - t0
+        if export:
+            net = net.export()
+        if channels_last:
+            model.to_channels_last(net)
+        self.variant, self.net, self.is_prnet = variant, net, name == "prnet"
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.precision = precision
+        size = model.summary(net)
+        self.params, self.macs = size.params, size.macs
+        self.loss_fn = model.WeightedPosmapLoss(torch.ones(256, 256))
+        self.opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=2e-4)
+        g = torch.Generator().manual_seed(1)
+        self.inputs = {b: torch.rand(b, 3, 256, 256, generator=g).contiguous(memory_format=self.fmt)
+                       for b in (1, big_batch)}
+        self.target = torch.rand(big_batch, 3, 256, 256, generator=g)
+        self.big_batch = big_batch
+
+    def ctx(self):
+        import model
+
+        return model.autocast_context("cpu", self.precision)
+
+    def infer(self, batch: int):
+        """Callable running one eval-mode forward at ``batch``."""
+        import torch
+
+        x = self.inputs[batch]
+
+        def run():
+            self.net.eval()
+            with torch.no_grad(), self.ctx():
+                self.net(x)
+        return run
+
+    def stage_inputs(self, batch: int) -> list:
+        """[(stage name, callable)] each timing one stage on the previous stage's output."""
+        import torch
+
+        self.net.eval()
+        calls, t = [], self.inputs[batch]
+        with torch.no_grad(), self.ctx():
+            for stage, fn in _stages(self.net, self.is_prnet):
+                def run(fn=fn, inp=t):
+                    self.net.eval()
+                    with torch.no_grad(), self.ctx():
+                        fn(inp)
+                calls.append((stage, run))
+                t = fn(t)
+        return calls
+
+    def train_step(self):
+        """One training step at the big batch: forward + loss + backward + Adam."""
+        self.net.train()
+        self.opt.zero_grad(set_to_none=True)
+        with self.ctx():
+            loss = self.loss_fn(self.net(self.inputs[self.big_batch]), self.target)
+        loss.backward()
+        self.opt.step()
+
+
+def _interleaved(calls: dict, reps: int, warmup: int = 1) -> dict:
+    """Time every callable reps times, round-robin (A B C A B C ...) so load changes hit all alike.
+
+    Returns {key: {"median", "min", "reps"}} in seconds, after ``warmup`` untimed rounds."""
+    times = {k: [] for k in calls}
+    for i in range(warmup + reps):
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return {k: {"median": statistics.median(v), "min": min(v), "reps": len(v)} for k, v in times.items()}
+
+
+def run_timings(variants: list[str], threads: int, reps: int, big_batch: int) -> dict:
+    """All timings of all variants in this process, interleaved; returns {variant: {...}}."""
     import torch
 
-    import model
+    torch.set_num_threads(threads)
+    subjects = {v: _Subject(v, big_batch) for v in variants}
+    out = {v: {"variant": v, "label": LABELS[v], "threads": threads, "build_s": s.build_s, "params": s.params,
+               "macs": s.macs} for v, s in subjects.items()}
+    for batch, n in ((1, 3 * reps), (big_batch, reps)):
+        res = _interleaved({v: s.infer(batch) for v, s in subjects.items()}, n)
+        for v in variants:
+            out[v][f"infer_b{batch}"] = res[v]
+        stage_calls = {(v, st): fn for v, s in subjects.items() for st, fn in s.stage_inputs(batch)}
+        res = _interleaved(stage_calls, n)
+        for (v, st), r in res.items():
+            out[v].setdefault(f"stages_b{batch}", {})[st] = r
+        print(f"inference at batch {batch}: done", file=sys.stderr, flush=True)
+    res = _interleaved({v: s.train_step for v, s in subjects.items()}, reps)
+    for v in variants:
+        out[v][f"train_b{big_batch}"] = res[v]
+    print("training steps: done", file=sys.stderr, flush=True)
+    return out
+
+
+def run_memory(variant: str, threads: int, big_batch: int) -> dict:
+    """Peak RSS of a fresh process that builds the variant, runs inference at batch 1 and big_batch and two
+    training steps at big_batch."""
+    import torch
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    name, kwargs, export, channels_last, precision = VARIANTS[variant]
-    t0 = time.perf_counter()
-    net = model.build_model(name, **kwargs)
-    build_s = time.perf_counter() - t0
-    if export:
-        net = net.export()
-    if channels_last:
-        model.to_channels_last(net)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    ctx = lambda: model.autocast_context("cpu", precision)                    # noqa: E731
-    size = model.summary(net)
-    out = {"variant": variant, "label": LABELS[variant], "threads": threads, "build_s": build_s,
-           "params": size.params, "macs": size.macs}
-    loss_fn = model.WeightedPosmapLoss(torch.ones(256, 256))
+    s = _Subject(variant, big_batch)
+    s.infer(1)()
+    s.infer(big_batch)()
+    s.train_step()
+    s.train_step()
+    return {"variant": variant, "peak_rss_mb": _peak_rss_mb()}
 
-    net.eval()
-    for batch, n in ((1, reps * 3), (big_batch, reps)):
-        x = torch.rand(batch, 3, 256, 256).contiguous(memory_format=fmt)
-        with torch.no_grad(), ctx():
-            out[f"infer_b{batch}"] = _timed(lambda: net(x), n)
-            stage_times, t = {}, x
-            for stage, fn in _stages(net, name == "prnet"):
-                inp = t
-                stage_times[stage] = _timed(lambda: fn(inp), n)
-                t = fn(inp)
-            out[f"stages_b{batch}"] = stage_times
 
-    net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=2e-4)
-    x = torch.rand(big_batch, 3, 256, 256).contiguous(memory_format=fmt)
-    target = torch.rand(big_batch, 3, 256, 256)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with ctx():
-            loss = loss_fn(net(x), target)
-        loss.backward()
-        opt.step()
-
-    out[f"train_b{big_batch}"] = _timed(step, reps)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return out
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size in MB: VmHWM (ru_maxrss would include the parent's peak, which
+    Linux carries over a fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _machine() -> str:
@@ -145,12 +219,13 @@ def write_report(results: list[dict], args, load_before, load_after, path: Path)
         "",
         f"- Date (UTC): {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M}",
         f"- Machine: {_machine()}",
-        f"- Threads: torch.set_num_threads({args.threads}); each model measured in its own subprocess",
+        f"- Threads: torch.set_num_threads({args.threads}); variants timed round-robin in one process; peak RSS"
+        " per variant in a fresh process (build, inference at batch 1 and the big batch, two training steps)",
         f"- Command: `python -m benchmarks.model {' '.join(sys.argv[1:])}`".replace("  ", " "),
         f"- Load average before / after: {load_before} / {load_after} (other processes sharing the cores inflate"
         " and scatter the times; compare ratios measured in the same run)",
         f"- Times in seconds: median (min) of {args.reps} timed reps at batch {bb} and {3 * args.reps} at batch 1,"
-        " after one warm-up run. Training step = forward + weighted-MSE loss + backward + Adam at batch "
+        " after one warm-up round. Training step = forward + weighted-MSE loss + backward + Adam at batch "
         f"{bb}. Inference in eval mode under torch.no_grad().",
         "",
         f"| model | params | GMAC/image | infer b1 | infer b{bb} | train step b{bb} | peak RSS (MB) |",
@@ -202,25 +277,26 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(run_worker(args.worker, args.threads, args.reps, args.batch)))
+        print(json.dumps(run_memory(args.worker, args.threads, args.batch)))
         return 0
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         print(f"error: unknown --variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
         return 2
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    results = []
+    by_variant = run_timings(variants, args.threads, args.reps, args.batch)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
     for v in variants:
         cmd = [sys.executable, "-m", "benchmarks.model", "--worker", v, "--threads", str(args.threads),
-               "--reps", str(args.reps), "--batch", str(args.batch)]
+               "--batch", str(args.batch)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
         if proc.returncode != 0:
-            print(f"error: measuring {v} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            print(f"error: measuring the memory of {v} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
             return 1
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"{v}: done", file=sys.stderr, flush=True)
+        by_variant[v].update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{v}: memory done", file=sys.stderr, flush=True)
+    results = [by_variant[v] for v in variants]
     load_after = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(write_report(results, args, load_before, load_after, args.out))
     return 0

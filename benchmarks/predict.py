@@ -5,7 +5,7 @@ Randomly initialised full-size models (latency does not depend on the weights). 
 median of --repeats timed calls on the same (1, 3, 256, 256) input; torch and onnxruntime get the same thread count.
 The video: --frames frames of the public-domain astronaut photo (../shared/data) moved a few pixels per frame,
 Haar detection on every frame, through engine.predict.predict_video (crop, network, geometry, overlay, mp4v writing).
-Usage: python benchmarks/predict.py [--repeats 10] [--threads 2] [--frames 24] [--out benchmarks/results/predict.md]
+Usage: python benchmarks/predict.py [--repeats 10] [--threads 2,1] [--frames 16] [--out benchmarks/results/predict.md]
 """
 from __future__ import annotations
 
@@ -25,15 +25,19 @@ sys.path.insert(0, str(ROOT))
 ASTRONAUT = ROOT.parent / "shared" / "data" / "photos" / "skimage_astronaut.png"
 
 
-def _median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def _interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds per call of each function, timed round-robin (one call of each per round) so that the load of
+    a shared machine, which drifts over minutes, weighs on every variant alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def calibrated(net):
@@ -66,7 +70,10 @@ def latency_rows(repeats: int, threads: int, work: Path) -> list[dict]:
         net = calibrated(build_model(name))
         exported = net.export().eval()
         path = work / f"{name}.onnx"
-        meta = export_onnx(net, path, name, {}, bfm="synthetic")
+        if path.is_file():                             # same seed-0 network, exported for an earlier thread count
+            meta = dict(ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map)
+        else:
+            meta = export_onnx(net, path, name, {}, bfm="synthetic")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -81,15 +88,14 @@ def latency_rows(repeats: int, threads: int, work: Path) -> list[dict]:
             with torch.inference_mode():
                 exported(x)
 
-        def onnx():
+        def run_onnx():
             session.run(None, {"image": xn})
 
         with torch.inference_mode():
             diff = float(np.abs(session.run(None, {"image": xn})[0] - net(x).numpy()).max())
         load = os.getloadavg()[0]
-        t_eager = _median_time(eager, repeats)
-        t_plain = _median_time(plain, repeats)
-        t_onnx = _median_time(onnx, repeats)
+        med = _interleaved_medians({"eager": eager, "plain": plain, "onnx": run_onnx}, repeats)
+        t_eager, t_plain, t_onnx = med["eager"], med["plain"], med["onnx"]
         rows.append({"model": name, "eager": t_eager, "exported": t_plain, "onnx": t_onnx, "batch": meta["batch"],
                      "diff": diff, "load": (load + os.getloadavg()[0]) / 2})
         print(f"{name}: eager {t_eager * 1e3:.1f} ms, exported {t_plain * 1e3:.1f} ms, onnxruntime "
@@ -97,7 +103,7 @@ def latency_rows(repeats: int, threads: int, work: Path) -> list[dict]:
     return rows
 
 
-def video_rows(frames: int, threads: int, work: Path) -> list[dict]:
+def video_rows(frames: int, threads: int, work: Path, rounds: int = 2) -> list[dict]:
     import cv2
     import torch
 
@@ -117,18 +123,24 @@ def video_rows(frames: int, threads: int, work: Path) -> list[dict]:
     rows = []
     torch.manual_seed(0)
     net = calibrated(build_model("e2tkface"))
-    onnx_path = work / "e2tkface_video.onnx"
-    export_onnx(net, onnx_path, "e2tkface", {}, bfm="synthetic")
-    for label, source in (("onnxruntime", onnx_path), ("torch exported encoder", net)):
-        predictor = Predictor(source, device="cpu", bfm="synthetic")
+    onnx_path = work / "e2tkface.onnx"                  # the same seed-0 network, if latency_rows exported it
+    if not onnx_path.is_file():
+        export_onnx(net, onnx_path, "e2tkface", {}, bfm="synthetic")
+    predictors = {"onnxruntime": Predictor(onnx_path, device="cpu", bfm="synthetic"),
+                  "torch exported encoder": Predictor(net, device="cpu", bfm="synthetic")}
+    fps = {k: [] for k in predictors}
+    for k, predictor in predictors.items():
         predict_video(predictor, video, work, "warm", None)             # caches, numba, first-call costs
-        t = time.perf_counter()
-        stats = predict_video(predictor, video, work, f"clip_{len(rows)}", None)
-        seconds = time.perf_counter() - t
-        rows.append({"variant": label, "frames": stats["frames"], "with_face": stats["frames_with_face"],
-                     "fps": stats["frames"] / seconds, "size": f"{image.shape[1]}x{image.shape[0]}"})
-        print(f"video {label}: {rows[-1]['fps']:.2f} frames/s ({stats['frames_with_face']}/{stats['frames']} "
-              f"frames with a face)", flush=True)
+    for round_ in range(rounds):                                         # alternate: shared-machine load drifts
+        for k, predictor in predictors.items():
+            t = time.perf_counter()
+            stats = predict_video(predictor, video, work, f"clip_{round_}", None)
+            fps[k].append(stats["frames"] / (time.perf_counter() - t))
+    for k in predictors:
+        rows.append({"variant": k, "frames": stats["frames"], "with_face": stats["frames_with_face"],
+                     "fps": float(np.median(fps[k])), "size": f"{image.shape[1]}x{image.shape[0]}", "rounds": rounds})
+        print(f"video {k}: {rows[-1]['fps']:.2f} frames/s (median of {rounds} runs; {stats['frames_with_face']}/"
+              f"{stats['frames']} frames with a face)", flush=True)
     return rows
 
 
@@ -140,26 +152,27 @@ def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: 
              f"Command: `python benchmarks/predict.py --repeats {args.repeats} --threads {args.threads} "
              f"--frames {args.frames}` (from the repository root)",
              f"Machine: {platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores visible; torch "
-             f"{torch.__version__}, onnxruntime {onnxruntime.__version__}; {args.threads} threads for torch and "
-             f"onnxruntime alike.",
+             f"{torch.__version__}, onnxruntime {onnxruntime.__version__}; the same number of threads for torch and "
+             f"onnxruntime in every row.",
              f"Date: {started} to {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC. "
              f"1-min load average {loads[0]:.1f} at start, {loads[1]:.1f} at end: the machine was shared with other "
              "jobs, so absolute times are inflated and noisy; ratios within a row were measured back to back.",
              "", "Randomly initialised full-size networks (speed does not depend on the weights; BatchNorm statistics "
              "set from one random batch so outputs are O(1) and the ONNX difference is meaningful). Median of "
-             f"{args.repeats} calls after 2 warm-up calls, batch 1, input (1, 3, 256, 256).", "",
+             f"{args.repeats} calls after 2 warm-up calls, the three variants timed round-robin, batch 1, input "
+             "(1, 3, 256, 256).", "",
              "## Network latency per image, batch 1", "",
-             "| model | torch eager (equivariant encoder) | torch, exported encoder | onnxruntime | onnxruntime "
-             "speed-up vs eager | ONNX batch axis | max abs diff onnx vs eager (posmap / 280) |",
-             "|---|---:|---:|---:|---:|---|---:|"]
+             "| model | threads | torch eager (equivariant encoder) | torch, exported encoder | onnxruntime | "
+             "onnxruntime speed-up vs eager | ONNX batch axis | max abs diff onnx vs eager (posmap / 280) |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
     for r in lat:
-        lines.append(f"| {r['model']} | {r['eager'] * 1e3:.1f} ms | {r['exported'] * 1e3:.1f} ms | "
+        lines.append(f"| {r['model']} | {r['threads']} | {r['eager'] * 1e3:.1f} ms | {r['exported'] * 1e3:.1f} ms | "
                      f"{r['onnx'] * 1e3:.1f} ms | {r['eager'] / r['onnx']:.2f}x | {r['batch']} | {r['diff']:.1e} |")
     lines += ["", "PRNet has no equivariant part: its eager and exported rows are the same network.", "",
               "## Video path (-predict on a video)", "",
               f"{vid[0]['frames'] if vid else 0} frames of the astronaut photo ({vid[0]['size'] if vid else ''}), "
               "Haar detection on every frame, E2TKFace crop -> network -> landmarks, pose fit, shaded-mesh overlay, "
-              "mp4v encoding (engine.predict.predict_video).", "",
+              "mp4v encoding (engine.predict.predict_video); median of 2 runs per variant, alternating.", "",
               "| network runs on | frames/s | frames with a face |", "|---|---:|---:|"]
     for r in vid:
         lines.append(f"| {r['variant']} | {r['fps']:.2f} | {r['with_face']}/{r['frames']} |")
@@ -170,15 +183,19 @@ def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--threads", type=str, default="2,1",
+                        help="comma-separated thread counts for the latency table (the video uses the first)")
+    parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.md")
     args = parser.parse_args()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     load0 = os.getloadavg()[0]
+    threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    lat = []
     with tempfile.TemporaryDirectory() as tmp:
-        lat = latency_rows(args.repeats, args.threads, Path(tmp))
-        vid = video_rows(args.frames, args.threads, Path(tmp)) if ASTRONAUT.is_file() else []
+        for n in threads:
+            lat += [dict(r, threads=n) for r in latency_rows(args.repeats, n, Path(tmp))]
+        vid = video_rows(args.frames, threads[0], Path(tmp)) if ASTRONAUT.is_file() else []
     write_markdown(args.out, lat, vid, args, started, (load0, os.getloadavg()[0]))
     print(f"wrote {args.out}")
 

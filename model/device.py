@@ -14,7 +14,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def get_device(prefer: str | None = None) -> torch.device:
-    """The device to run on: prefer=None -> "cuda" when available, else "cpu"; "cpu", "cuda" or "cuda:N" force one.
+    """The device to run on: prefer=None -> "cuda" when available, else "cpu"; "cpu", "cuda", "cuda:N" (or "mps")
+    force one.
 
     Raises FaceUtilError (one sentence) when CUDA is asked for and is not available.
     """
@@ -30,6 +31,9 @@ def get_device(prefer: str | None = None) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise FaceUtilError(f"device {prefer!r} does not exist: this machine has "
                                 f"{torch.cuda.device_count()} CUDA device(s).")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise FaceUtilError(f"device {prefer!r} was asked for but Apple MPS is not available on this machine.")
     elif device.type != "cpu":
         raise FaceUtilError(f"device {prefer!r} is not supported (use cpu, cuda or cuda:N).")
     return device

@@ -77,7 +77,8 @@ class TopKWindowAttention(nn.Module):
 
     @staticmethod
     def select_windows(q_mean: torch.Tensor, k_mean: torch.Tensor, topk: int) -> torch.Tensor:
-        """q_mean, k_mean: (B, nW, C) window means -> (B, nW, topk) int64 ids of the best key windows per query window."""
+        """q_mean, k_mean: (B, nW, C) window means -> (B, nW, topk) int64 ids of each query window's best key
+        windows (largest dot product of the means)."""
         affinity = torch.einsum("bic,bjc->bij", q_mean, k_mean)
         return torch.topk(affinity.float(), k=topk, dim=-1).indices
 
@@ -90,7 +91,7 @@ class TopKWindowAttention(nn.Module):
         ws = self.window
         if h % ws or w % ws:
             raise ValueError(f"feature map {h}x{w} is not divisible into {ws}x{ws} windows")
-        n_win, n_tok = (h // ws) * (w // ws), ws * ws
+        n_win = (h // ws) * (w // ws)
         topk = min(self.topk, n_win)
         q, k, v = window_partition(self.qkv(x), ws).chunk(3, dim=-1)          # each (B, nW, T, C)
         if window_index is None:

@@ -8,9 +8,8 @@ from torch import nn
 import model
 from faceutil.errors import FaceUtilError
 from model.decoder import PRNetDecoder
-from model.e2tkface import E2TKFace, build_e2tkface_from
+from model.e2tkface import build_e2tkface_from
 from model.loss import WeightedPosmapLoss
-from model.prnet import PRNet
 
 
 @pytest.fixture(autouse=True, scope="module")
