@@ -25,18 +25,18 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """(B, H, W, C) tokens -> (B, nW, window*window, C); nW = (H/window)*(W/window), windows in raster order."""
-    b, h, w, c = x.shape
+    _, h, w, c = x.shape
     m, n = h // window, w // window
-    x = x.reshape(b, m, window, n, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, m * n, window * window, c)
+    x = x.reshape(-1, m, window, n, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, m * n, window * window, c)
 
 
 def window_reverse(x: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
     """Inverse of window_partition: (B, nW, window*window, C) -> (B, height, width, C), every token back in place."""
-    b, _, _, c = x.shape
+    c = x.shape[-1]
     m, n = height // window, width // window
-    x = x.reshape(b, m, n, window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, height, width, c)
+    x = x.reshape(-1, m, n, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, height, width, c)
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -109,14 +109,14 @@ class TopKWindowAttention(nn.Module):
 
     def _linear(self, q, k, v, k_mean, v_mean, window_index):
         """Linear attention per query window; sum over the selected windows via a 0/1 selection matrix."""
-        b, n_win, n_tok, c = q.shape
+        _, n_win, n_tok, _ = q.shape
         n_keys = window_index.shape[-1] * n_tok + (n_win if self.mean_tokens else 0)
         fq, fk = elu_feature_map(self._split(q)), elu_feature_map(self._split(k))   # (B, nW, T, h, d)
         vs = self._split(v) / n_keys
         kv_win = torch.einsum("bwthd,bwthe->bwhde", fk, vs)                      # per key window
         ksum_win = fk.sum(dim=2) / n_keys                                         # (B, nW, h, d)
-        select = torch.zeros(b, n_win, n_win, dtype=kv_win.dtype, device=q.device)
-        select.scatter_(2, window_index, 1.0)                                     # (B, nW_query, nW_key)
+        # (B, nW_query, nW_key) 0/1; one_hot rather than zeros(b, ...) keeps the batch axis dynamic under ONNX export
+        select = F.one_hot(window_index, n_win).sum(dim=2).to(kv_win.dtype)
         kv = torch.einsum("bij,bjhde->bihde", select, kv_win)
         ksum = torch.einsum("bij,bjhd->bihd", select, ksum_win)
         if self.mean_tokens:

@@ -84,8 +84,6 @@ def test_prnet_batch_axis_is_dynamic(exported):
     assert np.abs(both[1:2] - backend(x[1:2])).max() < 1e-4
 
 
-@pytest.mark.xfail(strict=False, reason="model/topk_attention.py bakes the traced batch size into a reshape "
-                                        "(window_reverse after the selection einsum); export falls back to batch 1")
 def test_e2tkface_batch_axis_is_dynamic(exported):
     assert exported["e2tkface"][2]["batch"] == "dynamic"
 
