@@ -5,10 +5,12 @@ Original flags work verbatim (-i -o -f=True -v=True --isOldKpt=True --thread=16)
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 
 from config import ConfigError, add_flag, make_parser
+from faceutil.errors import FaceUtilError  # stdlib only: numpy is not loaded yet
 
 EXAMPLES = """examples:
   python processor.py -i=data/images/AFLW2000 -o=data/images/AFLW2000-crop -f=True -v=True --isOldKpt=True
@@ -50,10 +52,12 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    from faceutil.errors import FaceUtilError
-
     try:
         args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+        if args.get("threads", 1) > 1:
+            # one BLAS/OpenMP thread per worker process (takes effect when numpy is first loaded, just below)
+            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ.setdefault(var, "1")
         if "output" not in args:
             raise ConfigError("Give the output folder with -o=DIR.")
         if args.get("threads", 1) < 1:

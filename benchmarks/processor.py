@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
+
+# One BLAS/OpenMP thread per process (set before numpy loads), as in the processor's --thread workers, so that
+# "1 process" really uses one core and the 2-process comparison is fair.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 import platform
 import sys
 import tempfile
@@ -35,7 +40,7 @@ def _timed(fn, *args):
 
 
 def stage_times(samples, out_dir: Path, full: bool) -> tuple[dict[str, float], SampleProcessor]:
-    """Our pipeline (SampleProcessor, chunks of 16 as process_dataset runs it), seconds per image per stage."""
+    """Our pipeline (SampleProcessor, chunks of CHUNK as process_dataset runs them), seconds per image per stage."""
     proc = SampleProcessor(ProcessOptions(full=full))
     proc.process_chunk(samples[:CHUNK], out_dir / "warm")  # numba kernels compiled / loaded, caches warm
     proc.timings = {}
