@@ -210,8 +210,8 @@ class Predictor:
     mapping (B, 3, 256, 256) float32 arrays in [0, 1] to the network output (posmap / 280) as arrays or tensors.
     device: None (CUDA when available), "cpu", "cuda[:N]". bfm: the face model whose UV layout the network was
     trained on ("synthetic" or a data/Out folder); default: what the checkpoint / ONNX file records, else "auto".
-    model: expected model name (a checkpoint of another model is then an error). export: use the plain-torch
-    encoder export (same outputs, faster). batch_size: faces per network call.
+    model: expected model name (a checkpoint of another model is then an error). export: run the network's
+    export() twin (plain-torch encoder, same outputs; benchmarks/results/predict.md). batch_size: faces per call.
     """
 
     def __init__(self, source, device=None, bfm: str | None = None, model: str | None = None,

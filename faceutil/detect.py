@@ -21,6 +21,7 @@ CASCADE_FILE = "haarcascade_frontalface_default.xml"
 # minNeighbors 5) on the 15 near-frontal (|yaw| < 30 deg) genuine AFLW2000-3D samples in ../shared/data:
 #   landmark-box side / Haar side = 0.88 (median; sd 0.07),
 #   (landmark-box centre - Haar centre) / Haar side = (+0.015, +0.167) (median; sd 0.07, 0.04).
+# The x offset is noise around 0 (faces are left-right symmetric on average) and is set to 0.
 # The spread is within the training jitter (centre +-10 % of the side, side x [0.9, 1.1]), so a crop built from
 # these constants looks like a training crop. Same idea as PRNet's / 3DDFA's dlib-box rules (side x 1.58, centre
 # moved down 0.14 x side), with our own measured numbers for this detector.

@@ -85,7 +85,29 @@ def test_prnet_batch_axis_is_dynamic(exported):
 
 
 def test_e2tkface_batch_axis_is_dynamic(exported):
-    assert exported["e2tkface"][2]["batch"] == "dynamic"
+    _, path, meta = exported["e2tkface"]
+    assert meta["batch"] == "dynamic"
+    x = np.random.default_rng(2).random((2, 3, 256, 256), dtype=np.float32)
+    backend = OnnxBackend(path)
+    assert backend.max_batch is None
+    assert np.abs(backend(x)[1:2] - backend(x[1:2])).max() < 1e-4
+
+
+class _BakedBatch(torch.nn.Module):
+    """A network whose traced graph hard-codes batch 1 (as model code with x.reshape(1, ...) would)."""
+
+    def forward(self, x):
+        return x.reshape(1, 3, 256, 256) * 0.5
+
+
+def test_graph_with_a_baked_batch_is_saved_with_batch_one_and_fed_one_at_a_time(tmp_path):
+    path = tmp_path / "baked.onnx"
+    meta = export_onnx(_BakedBatch(), path, "prnet", {}, bfm="synthetic")
+    assert meta["batch"] == "1"
+    backend = OnnxBackend(path)
+    assert backend.max_batch == 1
+    x = np.random.default_rng(3).random((3, 3, 256, 256), dtype=np.float32)
+    np.testing.assert_allclose(backend(x), 0.5 * x, rtol=1e-6)
 
 
 def test_onnx_predictor_twin_matches_torch_predictor(exported):
