@@ -29,13 +29,7 @@ def _randomize_bn(module: nn.Module, seed: int) -> None:
                 m.bias.copy_(torch.randn(n, generator=g) * 0.2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tests run tiny convolutions: one intra-op thread avoids OpenMP spin-waiting on busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

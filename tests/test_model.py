@@ -12,13 +12,7 @@ from model.e2tkface import build_e2tkface_from
 from model.loss import WeightedPosmapLoss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machines OpenMP spinning makes 2 threads slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class StandInEncoder(nn.Module):

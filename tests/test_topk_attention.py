@@ -13,13 +13,7 @@ from model.topk_attention import (GlobalAttentionLayer, TopKWindowAttention, Top
 KINDS = ("linear", "softmax")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machines OpenMP spinning makes 2 threads slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _attn(kind, topk=2, mean_tokens=False, dim=32, heads=4, window=2, seed=0):
