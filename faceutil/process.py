@@ -254,9 +254,14 @@ def _run_chunk(args) -> list[tuple[str, str, str]]:
     return _WORKER.process_chunk(items, out_dir)
 
 
-def _write_index(out_dir: Path, shard: tuple[int, int], rows: dict[str, tuple[str, str]]) -> Path:
+def _index_path(out_dir: Path, shard: tuple[int, int]) -> Path:
+    """index.tsv, or one index per shard so machines sharing an output folder never overwrite each other's."""
     i, n = shard
-    path = out_dir / ("index.tsv" if n == 1 else f"index.shard{i}of{n}.tsv")
+    return out_dir / ("index.tsv" if n == 1 else f"index.shard{i}of{n}.tsv")
+
+
+def _write_index(out_dir: Path, shard: tuple[int, int], rows: dict[str, tuple[str, str]]) -> Path:
+    path = _index_path(out_dir, shard)
     text = INDEX_HEADER + "".join(f"{k}\t{s}\t{r}\n" for k, (s, r) in sorted(rows.items()))
     sampleio.atomic_write_bytes(path, text.encode("utf-8"))
     return path
@@ -305,8 +310,7 @@ def process_dataset(input_dir, output_dir, *, bfm: str = "synthetic", full: bool
 
     rejected = rejected if i == 0 else []  # reported once, by the first shard
     summary = ProcessSummary(skipped=list(rejected))
-    index_path = output_dir / ("index.tsv" if n == 1 else f"index.shard{i}of{n}.tsv")
-    rows = {k: v for k, v in _read_index_rows(index_path).items() if v[0] == "ok"}
+    rows = {k: v for k, v in _read_index_rows(_index_path(output_dir, shard)).items() if v[0] == "ok"}
     rows.update({name: ("skipped", reason) for name, reason in rejected})
     todo = []
     for name, image_path in samples:
