@@ -61,7 +61,9 @@ def build_encoder(kind: str = "aligned", width_mult: float = 1.0, out_ch: int = 
         raise ModelConfigError(f"encoder must be one of {', '.join(ENCODER_KINDS)}, got {kind!r}.")
     from .encoder import CNNEncoder, E2Encoder                   # deferred: e2cnn is slow to import
 
-    fields = tuple(max(1, round(w * width_mult)) for w in (4, 8, 16))
+    # at least 2 regular fields per stage: e2cnn 0.2.3 crashes natively (double free) in the backward pass of the
+    # faithful layout's stride-2 1x1 shortcut when a stage has a single regular field (width_mult < 0.375)
+    fields = tuple(max(2, round(w * width_mult)) for w in (4, 8, 16))
     if kind == "cnn":
         return CNNEncoder(layout=cnn_layout, widths=tuple(8 * f for f in fields), out_ch=out_ch)
     return E2Encoder(layout=kind, widths=fields, out_ch=out_ch)
