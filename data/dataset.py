@@ -16,8 +16,8 @@ from data.augment import augment as augment_sample
 from data.index import BBOX_SUFFIX, IMAGE_SUFFIX, POSMAP_SUFFIX, read_index
 from faceutil.errors import FaceUtilError, SampleError
 from faceutil.sampleio import read_bbox_info, read_image, read_sample_mat
+from faceutil.uv import POSMAP_SCALE
 
-POSMAP_SCALE = 280.0   # the network sees posmap / 280 (DESIGN.md §3)
 CROP_SIZE = 256
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 

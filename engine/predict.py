@@ -17,9 +17,9 @@ import numpy as np
 
 from engine.errors import RunError
 from faceutil.errors import FaceUtilError
+from faceutil.uv import POSMAP_SCALE
 
 CROP_SIZE = 256
-POSMAP_SCALE = 280.0                       # the network sees posmap / 280 (DESIGN.md section 3)
 CROP_ENLARGE = 1.5                         # crop side = 1.5 x the landmark box, as in training and evaluation
 BOX_KINDS = ("detector", "landmarks")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

@@ -27,8 +27,8 @@ from engine.checkpoint import (capture_rng_state, check_model_identity, load_che
                                make_checkpoint, restore_rng_state, save_checkpoint, unwrap)
 from engine.errors import RunError
 from engine.monitor import Monitor, landmark_panel, posmap_panel
+from faceutil.uv import POSMAP_SCALE
 
-POSMAP_SCALE = 280.0
 ModelFactory = Callable[..., nn.Module]
 
 

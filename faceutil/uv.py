@@ -46,6 +46,8 @@ _BLOB_GROUPS = {
     "mouth": (tuple(range(48, 68)), (0.161, 0.060, 0.040)),
 }
 _BLOB_EXPONENT = 3.5
+#: the network sees position maps divided by this (crop pixels -> about [0, 1]; DESIGN.md §3)
+POSMAP_SCALE = 280.0
 WEIGHT_KEYPOINT = 16.0
 WEIGHT_EYES_NOSE_MOUTH = 4.0
 WEIGHT_FACE = 3.0
