@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 MODELS = ("e2tkface", "prnet")
 ENCODERS = ("aligned", "faithful", "cnn")
 GROUND_TRUTHS = ("original", "reannotated")
+PRECISIONS = ("fp32", "bf16", "fp16")          # the same names as model.device.PRECISIONS (a test checks)
 DEFAULT_BFM_DIR = "data/Out"
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -154,6 +155,8 @@ class Config:
     gpus: int = 1
     visible_devices: str | None = None
     sync_bn: bool = True
+    precision: str = "fp32"
+    channels_last: bool = False
     # run folder, resuming, output
     out: str | None = None
     resume: str | None = None
@@ -253,6 +256,9 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--visibleDevice", "--visible-devices"), "visible_devices", str,
      "comma-separated GPU ids to use (sets CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3"),
     (("--sync-bn",), "sync_bn", "bool", "use SyncBatchNorm when training on several GPUs"),
+    (("--precision",), "precision", str, "arithmetic: fp32 | bf16 (CPU or CUDA: autocast in training and evaluation, "
+                                         "bf16 weights for -predict) | fp16 (CUDA only, autocast + loss scaling)"),
+    (("--channels-last",), "channels_last", "bool", "run the convolutions in NHWC (channels_last) memory layout"),
     (("--out", "-o", "--output"), "out", str, "run folder for config.json, checkpoints, TensorBoard logs and "
                                              "results (default: savedmodel/<model>-<time>); for -predict the "
                                              "results folder, for -export the file"),
@@ -357,6 +363,8 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
         raise ConfigError(f"Unknown --encoder={config.encoder!r}; choose one of {', '.join(ENCODERS)}.")
     if config.gt not in GROUND_TRUTHS:
         raise ConfigError(f"Unknown --gt={config.gt!r}; choose one of {', '.join(GROUND_TRUTHS)}.")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"Unknown --precision={config.precision!r}; choose one of {', '.join(PRECISIONS)}.")
     if config.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", config.device):
         raise ConfigError(f"Unknown --device={config.device!r}; use cpu, cuda or cuda:N.")
     if config.visible_devices is not None and not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", config.visible_devices):

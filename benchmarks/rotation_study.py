@@ -54,7 +54,8 @@ EQUIVARIANT = ("E2TKFace faithful", "E2TKFace aligned")
 MIN_WIDTH = 0.375
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_WORK = Path("savedmodel") / "rotation_study_data"       # synthetic data (git-ignored), reused across runs
-SMOKE = {"steps": 1, "batch": 2, "width_mult": MIN_WIDTH, "train_count": 4, "test_count": 4, "seeds": [0, 1]}
+SMOKE = {"steps": 1, "batch": 2, "width_mult": MIN_WIDTH, "train_count": 4, "test_count": 4, "seeds": [0, 1],
+         "size": 128}
 COLOURS_BGR = {"E2TKFace faithful": (200, 60, 20), "E2TKFace aligned": (30, 160, 30),
                "E2TKFace CNN": (20, 120, 230), "PRNet": (40, 40, 200)}
 
@@ -163,16 +164,72 @@ class RotatedEvalSet:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# smaller input size (documented CPU budget option)
+# ----------------------------------------------------------------------------------------------------------------
+def _resized_class():
+    """ResizedNet, defined lazily so that importing this module does not import torch."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from faceutil.uv import POSMAP_SCALE
+
+    class ResizedNet(nn.Module):
+        """Runs `net` at size x size on the 256 crop; the contract outside stays (B, 3, 256, 256) -> posmap / 280.
+
+        The input crop is area-downsampled to `size`; the network's (B, 3, size, size) position map (crop px of
+        the small crop, / 280) is upsampled bilinearly to 256 and its coordinates mapped back to the 256 crop:
+        x, y: (p + 0.5) * 256 / size - 0.5 (pixel centres), z: * 256 / size. Training through this wrapper
+        compares the upsampled map with the full-size target, so data, loss mask and evaluation are unchanged.
+        """
+
+        def __init__(self, net: nn.Module, size: int):
+            super().__init__()
+            self.net, self.size = net, int(size)
+            f = 256.0 / self.size
+            self.register_buffer("gain", torch.full((1, 3, 1, 1), f), persistent=False)
+            self.register_buffer("shift", torch.tensor([0.5 * (f - 1.0), 0.5 * (f - 1.0), 0.0]).view(1, 3, 1, 1)
+                                 / POSMAP_SCALE, persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            """x: (B, 3, 256, 256) -> (B, 3, 256, 256) position map / 280 of the 256 crop."""
+            small = F.interpolate(x, size=(self.size, self.size), mode="area")
+            y = self.net(small).float()
+            y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return y * self.gain + self.shift
+
+        def export(self) -> "ResizedNet":
+            net = self.net.export() if hasattr(self.net, "export") else self.net
+            return ResizedNet(net, self.size).eval()
+
+    return ResizedNet
+
+
+def wrap_size(net, size: int):
+    """`net` itself at size 256, else ResizedNet(net, size)."""
+    return net if int(size) == 256 else _resized_class()(net, size)
+
+
+def default_topk(size: int) -> int:
+    """Top-K windows keeping the published fraction (4 of 16 windows per stage at 256): 1 of 4 at 128."""
+    return max(1, round(4 * (size / 256) ** 2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # one training run + evaluation
 # ----------------------------------------------------------------------------------------------------------------
-def model_kwargs(name: str, base: dict, width_mult: float) -> dict:
-    """Builder kwargs: width_mult for e2tkface; PRNet's builder takes no width, so it stays at full width."""
-    return {**base, "width_mult": width_mult} if name == "e2tkface" else dict(base)
+def model_kwargs(name: str, base: dict, width_mult: float, topk: int = 4) -> dict:
+    """Builder kwargs: width_mult and topk for e2tkface; PRNet's builder takes neither (it stays at full width)."""
+    return {**base, "width_mult": width_mult, "topk": topk} if name == "e2tkface" else dict(base)
 
 
 def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed: int, steps: int, batch: int,
-                lr: float, device, weight_mask: np.ndarray, minutes: float = 0.0, workers: int = 0):
+                lr: float, device, weight_mask: np.ndarray, minutes: float = 0.0, workers: int = 0,
+                size: int = 256, precision: str = "fp32"):
     """Train one network for `steps` optimiser steps (or until `minutes` pass, when > 0); BN refreshed after.
+
+    size: the network's input size (ResizedNet when < 256); precision: "fp32" or "bf16" autocast for training
+    (evaluation always runs in fp32).
 
     Returns (model in eval mode (exported when it offers export()), dict of run facts).
     """
@@ -182,11 +239,12 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     from data.index import read_index
     from data.loader import build_loader
     from engine.train import seed_everything
+    from model.device import autocast_context
     from model.loss import WeightedPosmapLoss
     from model.registry import build_model
 
     seed_everything(seed)
-    model = build_model(name, **kwargs).to(device)
+    model = wrap_size(build_model(name, **kwargs), size).to(device)
     names = read_index(train_root)
     dataset = StudyTrainSet(train_root, names, rotation=rotation, seed=seed)
     loader = build_loader(dataset, batch_size=batch, workers=workers, shuffle=True, seed=seed,
@@ -202,7 +260,9 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
             x = batch_data["image"].to(device, non_blocking=True)
             y = batch_data["posmap"].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            with autocast_context(device, precision):
+                out = model(x)
+            loss = loss_fn(out.float(), y)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"{name} {kwargs} seed {seed}: loss is not finite at step {step}")
             loss.backward()
@@ -362,8 +422,13 @@ def write_report(out: Path, runs: list, meta: dict) -> tuple[Path, Path]:
            f"- Seeds: {meta['seeds']} (initialisation, augmentation, data order); data seed {meta['data_seed']}",
            f"- Data: synthetic 300W-LP-format training set of {meta['train_count']} images, synthetic "
            f"AFLW2000-format test set of {meta['test_count']} images (faceutil.synthetic + faceutil.process)",
-           f"- Width: E2TKFace width_mult {meta['width_mult']:g} for all three encoders; "
-           "PRNet at full width (build_model(\"prnet\") has no width argument).",
+           f"- Width: E2TKFace width_mult {meta['width_mult']:g} for all three encoders, top-k "
+           f"{meta.get('topk', 4)}; PRNet at full width (build_model(\"prnet\") has no width argument).",
+           f"- Network input size: {meta.get('size', 256)}² for every model"
+           + ("" if meta.get("size", 256) == 256 else
+              " (the 256² crop area-downsampled; the predicted position map upsampled bilinearly to 256² and its "
+              "coordinates rescaled; loss and evaluation at 256² as usual)")
+           + f"; training precision {meta.get('precision', 'fp32')}.",
            "- Augmentation: 'rot aug' = data.augment.augment (colour p 0.5, rotation U(±90°) p 0.5, erasing p 0.25); "
            "'no rot aug' = the same draws with the rotation skipped.",
            "- Test rotation: each deterministic test crop rotated about its centre (counter-clockwise); predictions "
@@ -522,6 +587,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--width-mult", type=float, default=1.0,
                    help=f"E2TKFace width for all encoders (>= {MIN_WIDTH}); PRNet has no width and runs full size")
+    p.add_argument("--size", type=int, default=256,
+                   help="network input size for all models alike (multiple of 64, <= 256; < 256 runs the network on "
+                        "the area-downsampled crop and upsamples its position map, see ResizedNet)")
+    p.add_argument("--topk", type=int, default=None,
+                   help="E2TKFace top-k windows (default: the published fraction of windows, 4 at 256, 1 at 128)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="training autocast precision")
     p.add_argument("--train-count", type=int, default=1000)
     p.add_argument("--test-count", type=int, default=200)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -548,6 +619,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.width_mult < MIN_WIDTH:
         p.error(f"--width-mult {args.width_mult} is below {MIN_WIDTH}: the faithful encoder crashes in backward "
                 f"with a single regular field in its first stage; use >= {MIN_WIDTH}")
+    if args.size % 64 or not 64 <= args.size <= 256:
+        p.error(f"--size must be a multiple of 64 between 64 and 256 (the attention windows tile the token maps), "
+                f"got {args.size}")
+    if args.topk is None:
+        args.topk = default_topk(args.size)
     if len(args.seeds) < 2:
         p.error("--seeds needs at least two seeds (the report gives mean ± std)")
     if args.steps < 1 or args.batch < 1 or args.train_count < 1 or args.test_count < 1:
@@ -563,7 +639,8 @@ def merge_reports(paths, out: Path) -> dict:
         metas.append(record["meta"])
         for r in record["runs"]:
             runs.append({**r, "nme": {int(a): v for a, v in r["nme"].items()}})
-    keys = ("steps", "batch", "lr", "width_mult", "train_count", "test_count", "data_seed", "minutes")
+    keys = ("steps", "batch", "lr", "width_mult", "train_count", "test_count", "data_seed", "minutes", "size", "topk",
+            "precision")
     differ = [k for k in keys if len({json.dumps(m.get(k)) for m in metas}) > 1]
     if differ:
         raise SystemExit(f"cannot merge {', '.join(map(str, paths))}: they differ in {', '.join(differ)}")
@@ -609,10 +686,11 @@ def main(argv=None) -> dict:
         for label, name, base in MODELS:
             if label not in args.models:
                 continue
-            kwargs = model_kwargs(name, base, args.width_mult)
+            kwargs = model_kwargs(name, base, args.width_mult, args.topk)
             for rotation in (True, False):
                 model, facts = train_model(name, kwargs, train_root, rotation, seed, args.steps, args.batch, args.lr,
-                                           device, weight_mask, args.minutes, args.workers)
+                                           device, weight_mask, args.minutes, args.workers, args.size,
+                                           args.precision)
                 nme = evaluate_angles(model, items, kpt_ind, device, args.batch, args.angles)
                 runs.append({"label": label, "model": name, "kwargs": kwargs, "rotation": rotation, "seed": seed,
                              "facts": facts, "nme": nme})
@@ -626,6 +704,7 @@ def main(argv=None) -> dict:
             "machine": machine_line(device), "device": str(device), "steps": args.steps, "batch": args.batch,
             "minutes": args.minutes, "lr": args.lr, "seeds": list(args.seeds), "data_seed": args.data_seed,
             "train_count": args.train_count, "test_count": len(items), "width_mult": args.width_mult,
+            "size": args.size, "topk": args.topk, "precision": args.precision,
             "smoke": bool(args.smoke), "baseline": {str(a): v["mean"] for a, v in baseline.items()},
             "total_seconds": round(time.perf_counter() - start, 1)}
     md, png = write_report(out, runs, meta)

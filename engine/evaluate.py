@@ -89,9 +89,10 @@ def load_for_inference(path: str | Path, config: Config, factory: Callable[..., 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, kpt_ind: np.ndarray, face_mask: np.ndarray | None,
                    device: torch.device | str = "cpu", batch_size: int = 8, progress: bool = False,
-                   reannotated: np.ndarray | None = None, folder: str = "") -> EvalReport:
+                   reannotated: np.ndarray | None = None, folder: str = "", precision: str = "fp32") -> EvalReport:
     """Run ``model`` over an AFLWEvalSet-like dataset and compute the protocol's NMEs.
 
+    precision: the forward pass runs under model.device.autocast_context(device, precision).
     kpt_ind: (2, 68) UV landmark pixels (row 0 column, row 1 row). face_mask: (256, 256) bool for dense NME.
     reannotated: optional (N, 68, 2) landmarks, original px, in dataset order (2D NME against them too).
     """
@@ -100,6 +101,7 @@ def evaluate_model(model: nn.Module, dataset, kpt_ind: np.ndarray, face_mask: np
     from faceutil.uv import posmap_landmarks
 
     from engine.train import to_posmaps
+    from model.device import autocast_context
 
     device = torch.device(device)
     model.eval()
@@ -110,7 +112,9 @@ def evaluate_model(model: nn.Module, dataset, kpt_ind: np.ndarray, face_mask: np
         loader = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True)
     names, yaws, preds, truths, dense = [], [], [], [], []
     for batch in loader:
-        pred_maps = to_posmaps(model(batch["image"].to(device)))            # (B, 256, 256, 3) crop px
+        with autocast_context(device, precision):
+            out = model(batch["image"].to(device))
+        pred_maps = to_posmaps(out)                                           # (B, 256, 256, 3) crop px
         crop_pts = posmap_landmarks(pred_maps, kpt_ind)                       # (B, 68, 3) crop px
         matrices = batch["matrix"].numpy()
         for b in range(crop_pts.shape[0]):
@@ -242,7 +246,8 @@ def run_evaluation(config: Config, checkpoint: str | Path | None = None,
         model, _ = load_for_inference(checkpoint, config, factory, device)
     _, kpt_ind, face_mask = uv if uv is not None else uv_tables(resolve_bfm(config.bfm))
     report = evaluate_model(model, dataset, kpt_ind, face_mask, device, config.batch_size,
-                            progress=config.progress and not quiet, folder=str(config.predict_dir))
+                            progress=config.progress and not quiet, folder=str(config.predict_dir),
+                            precision=config.precision)
     if config.gt == "reannotated":
         attach_reannotated(report, reannotated_rows(config.gt_file, report.names, report.truth))
     out = Path(config.out) if config.out else (Path(checkpoint).parent if checkpoint else Path("."))

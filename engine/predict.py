@@ -5,6 +5,8 @@ Owns the detector-box -> crop rule at inference, the posmap -> original-image ma
 """
 from __future__ import annotations
 
+import copy
+
 import functools
 import json
 import math
@@ -149,25 +151,44 @@ def fit_pose(vertices: np.ndarray, mean_points: np.ndarray, image_height: int) -
 
 # ============================================================================================ backends
 class TorchBackend:
-    """Runs an nn.Module (or any callable on (B, 3, 256, 256) float tensors) on a torch device."""
+    """Runs an nn.Module (or any callable on (B, 3, 256, 256) float tensors) on a torch device.
+
+    precision "bf16" / "fp16" (fp16: CUDA only): an nn.Module's weights are cast once and the inputs with them (no
+    per-call casting as under autocast); another callable runs under autocast. channels_last: NHWC convolutions.
+    """
 
     name = "torch"
 
-    def __init__(self, module, device=None):
+    def __init__(self, module, device=None, precision: str = "fp32", channels_last: bool = False):
         import torch
 
-        from model.device import get_device
+        from model.device import autocast_context, get_device, to_channels_last
 
         self.device = get_device(device) if not isinstance(device, torch.device) else device
-        self.module = module.to(self.device).eval() if isinstance(module, torch.nn.Module) else module
+        autocast_context(self.device, precision)           # unknown precision, fp16 without CUDA: one sentence
+        self.precision, self.dtype = precision, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.module = module
+        if isinstance(module, torch.nn.Module):
+            if channels_last or self.dtype is not None:
+                module = copy.deepcopy(module)              # casting and re-laying out are in place: not the caller's
+            self.module = module.to(self.device).eval()
+            if channels_last:
+                to_channels_last(self.module)
+            if self.dtype is not None:
+                self.module = self.module.to(self.dtype)
         self.max_batch = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """batch (B, 3, 256, 256) float32 in [0, 1] -> (B, 3, 256, 256) float32 network output (posmap / 280)."""
         import torch
 
-        with torch.inference_mode():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        from model.device import autocast_context
+
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).contiguous(memory_format=self.memory_format)
+        weights_cast = self.dtype is not None and isinstance(self.module, torch.nn.Module)
+        with torch.inference_mode(), autocast_context(self.device, "fp32" if weights_cast else self.precision):
+            out = self.module(x.to(self.dtype) if weights_cast else x)
         if isinstance(out, torch.Tensor):
             return out.detach().float().cpu().numpy()
         return np.asarray(out, dtype=np.float32)
@@ -215,7 +236,8 @@ class Predictor:
     """
 
     def __init__(self, source, device=None, bfm: str | None = None, model: str | None = None,
-                 model_kwargs: dict | None = None, export: bool = True, batch_size: int = 8, detector=None):
+                 model_kwargs: dict | None = None, export: bool = True, batch_size: int = 8, detector=None,
+                 precision: str = "fp32", channels_last: bool = False):
         import torch
 
         self.model_name = model
@@ -228,6 +250,9 @@ class Predictor:
             if path.suffix.lower() == ".onnx":
                 from engine.export import OnnxBackend
 
+                if precision != "fp32" or channels_last:
+                    raise RunError(f"--precision and --channels-last apply to torch checkpoints; the ONNX file "
+                                   f"{path} runs as exported (drop those flags).")
                 self.backend = OnnxBackend(path, device=device)
                 meta = self.backend.metadata
                 if model is not None and meta.get("model_name") not in (None, model):
@@ -239,14 +264,14 @@ class Predictor:
             else:
                 net, self.model_name, self.model_kwargs, ck = load_torch_model(path, model, model_kwargs, export)
                 recorded_bfm = (ck.get("config") or {}).get("bfm") if isinstance(ck.get("config"), dict) else None
-                self.backend = TorchBackend(net, device)
+                self.backend = TorchBackend(net, device, precision, channels_last)
         elif isinstance(source, torch.nn.Module):
             net = source.eval()
             if export and hasattr(net, "export"):
                 net = net.export()
-            self.backend = TorchBackend(net, device)
+            self.backend = TorchBackend(net, device, precision, channels_last)
         elif callable(source):
-            self.backend = TorchBackend(source, device)
+            self.backend = TorchBackend(source, device, precision, channels_last)
         else:
             raise TypeError(f"Predictor needs a checkpoint / .onnx path, an nn.Module or a callable, "
                             f"got {type(source)}")
@@ -601,7 +626,8 @@ def run_predict(config, checkpoint=None) -> PredictSummary:
     bfm = config.bfm if "bfm" in given else None
     out = Path(config.out) if config.out else Path("predictions")
     predictor = Predictor(source, device=config.device, bfm=bfm, model=model, model_kwargs=kwargs,
-                          export=config.export, batch_size=config.batch_size)
+                          export=config.export, batch_size=config.batch_size, precision=config.precision,
+                          channels_last=config.channels_last)
     summary = predict_path(predictor, config.predict, out, boxes, progress=config.progress)
     for line in summary.lines():
         print(line)

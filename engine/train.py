@@ -28,6 +28,7 @@ from engine.checkpoint import (capture_rng_state, check_model_identity, load_che
 from engine.errors import RunError
 from engine.monitor import Monitor, landmark_panel, posmap_panel
 from faceutil.uv import POSMAP_SCALE
+from model.device import autocast_context, grad_scaler, to_channels_last
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -135,8 +136,9 @@ def _say(info: D.DistInfo, text: str) -> None:
 # ------------------------------------------------------------------------------------------------ validation
 @torch.no_grad()
 def validate(model: nn.Module, dataset, loss_fn: nn.Module, kpt_ind: np.ndarray, device: torch.device,
-             batch_size: int) -> dict:
-    """Mean validation loss and landmark NME (2D, %, crop coordinates) over ``dataset`` (PosmapDataset items).
+             batch_size: int, precision: str = "fp32") -> dict:
+    """Mean validation loss and landmark NME (2D, %, crop coordinates) over ``dataset`` (PosmapDataset items);
+    the forward pass runs under model.device.autocast_context(device, precision).
 
     Returns {"loss": float, "nme2d": float, "count": int, "sample": (image uint8, true posmap, pred posmap)}.
     """
@@ -150,7 +152,9 @@ def validate(model: nn.Module, dataset, loss_fn: nn.Module, kpt_ind: np.ndarray,
     for batch in loader:
         x = batch["image"].to(device)
         y = batch["posmap"].to(device)
-        out = model(x)
+        with autocast_context(device, precision):
+            out = model(x)
+        out = out.float()
         total += float(loss_fn(out, y)) * x.shape[0]
         count += x.shape[0]
         pred, true = to_posmaps(out), to_posmaps(y)
@@ -254,6 +258,7 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
            uv: tuple | None) -> TrainResult:
     from model.loss import WeightedPosmapLoss
 
+    autocast_context(device, config.precision)                  # fp16 without CUDA: one sentence, before any work
     seed_everything(config.seed)
     config = D.broadcast_object(resolve_run_folder(config) if info.is_main else None)
     out = Path(config.out)
@@ -277,6 +282,8 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
     model = factory(name, **kwargs).to(device)
     if source_ckpt is not None:
         load_weights(model, source_ckpt, source)
+    if config.channels_last:
+        to_channels_last(model)
     if info.distributed and device.type == "cuda" and config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = model
@@ -285,6 +292,7 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     loss_fn = WeightedPosmapLoss(weight_mask).to(device)
+    scaler = grad_scaler(device, config.precision)              # active for fp16 on CUDA only
 
     start_epoch, best_loss, history = 0, math.inf, []
     if ckpt_resume is not None:
@@ -294,6 +302,8 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
                            f"from it instead of --resume.")
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
+        if scaler.is_enabled() and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
         start_epoch, best_loss = int(ck["epoch"]), float(ck["best_val_loss"])
         history = list(ck.get("history", []))
         states = ck["rng"]
@@ -325,7 +335,9 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["posmap"].to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(net(x), y)
+                with autocast_context(device, config.precision):
+                    pred = net(x)
+                loss = loss_fn(pred.float(), y)
                 time_up = deadline is not None and info.is_main and time.monotonic() > deadline
                 stats = torch.tensor([loss.detach().double().item() * x.shape[0], x.shape[0],
                                       0.0 if torch.isfinite(loss).item() else 1.0, float(time_up)],
@@ -334,8 +346,9 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
                     stats = D.all_reduce_sum(stats.to(device)).cpu()
                 if stats[2] > 0:
                     raise _nan_error(epoch, step, last_path)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 step += 1
                 stop_early = bool(stats[3] > 0)
                 epoch_sum += float(stats[0])
@@ -353,7 +366,8 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
                 record["stopped_early"] = True
             if info.is_main:
                 if val_set is not None:
-                    val = validate(unwrap(net), val_set, loss_fn, kpt_ind, device, config.batch_size)
+                    val = validate(unwrap(net), val_set, loss_fn, kpt_ind, device, config.batch_size,
+                                   config.precision)
                     record.update(val_loss=val["loss"], val_nme2d=val["nme2d"])
                     monitor.scalar("val/loss", val["loss"], step)
                     monitor.scalar("val/nme2d", val["nme2d"], step)
@@ -382,7 +396,8 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
                     epoch=epoch + 1, best_val_loss=best_loss, val_loss=select, rng=rng_states,
                     data_state={"epoch": epoch + 1, "seed": config.seed,
                                 "generator": loader.generator.get_state() if loader.generator is not None else None},
-                    history=history, config=config.to_dict(), world_size=info.world_size, step=step)
+                    history=history, config=config.to_dict(), world_size=info.world_size, step=step,
+                    **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}))
                 save_checkpoint(last_path, ck)
                 if improved:
                     save_checkpoint(best_path, ck)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .fold import fused_conv
+
 # (out_channels, stride) of the 17 layers after the 512-channel 8x8 input, as in PRNet (channel x spatial size):
 # 8^2x512, 16^2x256 (x3), 32^2x128 (x3), 64^2x64 (x3), 128^2x32 (x2), 256^2x16 (x2), 256^2x3 (x3).
 PRNET_DECODER_LAYERS = (
@@ -43,6 +45,11 @@ class TransposedConvBNAct(nn.Module):
         if self.stride == 1:
             y = y[:, :, :h, :w]
         return self.act(self.bn(y))
+
+    def fuse_bn(self) -> None:
+        """Inference twin: fold the (eval-mode) BatchNorm into the transposed convolution, in place."""
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.deconv, self.bn = fused_conv(self.deconv, self.bn), nn.Identity()
 
 
 class PRNetDecoder(nn.Module):

@@ -8,6 +8,7 @@ import copy
 import torch
 from torch import nn
 
+from .fold import fuse_batchnorm
 from .decoder import PRNET_DECODER_LAYERS, PRNetDecoder
 from .registry import ModelConfigError, register_model
 from .topk_attention import ATTENTION_KINDS, GlobalAttentionLayer, TopKWindowNeck
@@ -43,12 +44,13 @@ class E2TKFace(nn.Module):
 
     def export(self) -> "E2TKFace":
         """Inference twin in eval mode: the encoder replaced by its plain-torch export (if it has one), the rest
-        deep-copied; same outputs as this model in eval mode."""
+        deep-copied with every BatchNorm folded into the convolution before it; same outputs as this model in eval
+        mode (up to float rounding)."""
         was_training = self.training
         self.eval()
         encoder = self.encoder.export() if hasattr(self.encoder, "export") else copy.deepcopy(self.encoder)
-        twin = E2TKFace(encoder, copy.deepcopy(self.neck), copy.deepcopy(self.global_layer),
-                        copy.deepcopy(self.decoder), self.channels_last)
+        twin = E2TKFace(encoder, fuse_batchnorm(copy.deepcopy(self.neck)), copy.deepcopy(self.global_layer),
+                        fuse_batchnorm(copy.deepcopy(self.decoder)), self.channels_last)
         self.train(was_training)
         return twin.eval()
 

@@ -30,6 +30,7 @@ from e2cnn import nn as enn
 from torch import nn
 
 from model.e2compat import apply_e2cnn_compat
+from model.fold import batchnorm_scale_shift, write_folded
 
 apply_e2cnn_compat()
 
@@ -270,14 +271,7 @@ def _fold_scale_shift(bn: enn.InnerBatchNorm, n_channels: int) -> tuple[torch.Te
     """Per-channel (scale, shift) in float64 with bn(x) = x * scale + shift (eval mode, running statistics)."""
     (size,) = {r.size for r in bn.in_type.representations}
     inner = getattr(bn, f"batch_norm_[{size}]")
-    var = inner.running_var.double()
-    mean = inner.running_mean.double()
-    scale = 1.0 / torch.sqrt(var + inner.eps)
-    if inner.affine:
-        scale = scale * inner.weight.double()
-        shift = inner.bias.double() - mean * scale
-    else:
-        shift = -mean * scale
+    scale, shift = batchnorm_scale_shift(inner)
     scale = scale.repeat_interleave(size)
     shift = shift.repeat_interleave(size)
     assert scale.numel() == n_channels
@@ -287,16 +281,10 @@ def _fold_scale_shift(bn: enn.InnerBatchNorm, n_channels: int) -> tuple[torch.Te
 def _copy_folded(dst: nn.Conv2d, conv: enn.R2Conv, bn: enn.InnerBatchNorm | None) -> None:
     """Write conv (then bn, if given) into the plain Conv2d ``dst`` (which must have a bias)."""
     weight, bias = conv.expand_parameters()
-    weight = weight.double()
-    bias = torch.zeros(weight.shape[0], dtype=torch.float64) if bias is None else bias.double()
-    if bn is not None:
-        scale, shift = _fold_scale_shift(bn, weight.shape[0])
-        weight = weight * scale[:, None, None, None]
-        bias = bias * scale + shift
     assert dst.weight.shape == weight.shape, (dst.weight.shape, weight.shape)
     assert dst.stride == (conv.stride, conv.stride) and dst.padding == (conv.padding, conv.padding)
-    dst.weight.copy_(weight.to(dst.weight.dtype))
-    dst.bias.copy_(bias.to(dst.bias.dtype))
+    scale, shift = _fold_scale_shift(bn, weight.shape[0]) if bn is not None else (None, None)
+    write_folded(dst, weight, bias, scale, shift)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -410,19 +398,8 @@ def _finish_export(plain: "CNNEncoder", like: torch.Tensor, channels_last: bool)
 
 def _fold_plain(dst: nn.Conv2d, conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> None:
     """dst <- conv followed by bn (eval mode), computed in float64."""
-    weight = conv.weight.double()
-    bias = torch.zeros(weight.shape[0], dtype=torch.float64) if conv.bias is None else conv.bias.double()
-    if bn is not None:
-        scale = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
-        if bn.affine:
-            scale = scale * bn.weight.double()
-            shift = bn.bias.double() - bn.running_mean.double() * scale
-        else:
-            shift = -bn.running_mean.double() * scale
-        weight = weight * scale[:, None, None, None]
-        bias = bias * scale + shift
-    dst.weight.copy_(weight.to(dst.weight.dtype))
-    dst.bias.copy_(bias.to(dst.bias.dtype))
+    scale, shift = batchnorm_scale_shift(bn) if bn is not None else (None, None)
+    write_folded(dst, conv.weight, conv.bias, scale, shift)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .fold import fused_conv
+
 
 class SqueezeExcitation(nn.Module):
     """Channel gate: global mean -> Linear(C, C*ratio) -> SiLU -> Linear(C*ratio, C) -> sigmoid, multiplied in.
@@ -54,3 +56,9 @@ class MBConv(nn.Module):
         y = self.se(self.depthwise(y))
         y = self.bn_out(self.pointwise_out(y))
         return x + y if self.use_residual else y
+
+    def fuse_bn(self) -> None:
+        """Inference twin: fold both (eval-mode) BatchNorms into the 1x1 convolutions before them, in place."""
+        if isinstance(self.bn_in, nn.BatchNorm2d):
+            self.pointwise_in, self.bn_in = fused_conv(self.pointwise_in, self.bn_in), nn.Identity()
+            self.pointwise_out, self.bn_out = fused_conv(self.pointwise_out, self.bn_out), nn.Identity()

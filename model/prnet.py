@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .decoder import PRNetDecoder
+from .fold import fuse_batchnorm
 from .registry import register_model
 
 
@@ -80,8 +81,12 @@ class PRNet(nn.Module):
         return self.decoder(self.encoder(x))
 
     def export(self) -> "PRNet":
-        """Inference twin: PRNet is plain torch already, so this is a copy in eval mode."""
-        return copy.deepcopy(self).eval()
+        """Inference twin in eval mode: a copy with every conv -> BatchNorm pair folded into one biased conv (the
+        BatchNorm after each residual sum stays); same outputs up to float rounding."""
+        was_training = self.training
+        twin = copy.deepcopy(self.eval())
+        self.train(was_training)
+        return fuse_batchnorm(twin).eval()
 
 
 @register_model("prnet")

@@ -37,16 +37,17 @@ def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
 
 @torch.no_grad()
 def summary(model: nn.Module, input_size=(1, 3, 256, 256)) -> ModelSummary:
-    """Parameters and MACs per image of ``model`` (run once in eval mode on zeros on the model's device; the
+    """Parameters and MACs per image of ``model`` (run once in eval mode on zeros of the model's device and dtype; the
     training flag is restored). input_size: (B, C, H, W); MACs are divided by B."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
     try:
         with counter:
-            model(torch.zeros(input_size, device=device))
+            model(torch.zeros(input_size, device=device, dtype=dtype))
     finally:
         model.train(was_training)
     batch = input_size[0]

@@ -23,6 +23,12 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     return torch.relu(x) + torch.exp(torch.clamp_max(x, 0.0))
 
 
+def _with_ones(v: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """(..., d) values -> (..., d + 1): a column of ones appended (it sums the normaliser), all divided by n_keys
+    (against fp16 overflow; the ratio is unchanged)."""
+    return F.pad(v, (0, 1), value=1.0) / n_keys
+
+
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """(B, H, W, C) tokens -> (B, nW, window*window, C); nW = (H/window)*(W/window), windows in raster order."""
     _, h, w, c = x.shape
@@ -108,24 +114,23 @@ class TopKWindowAttention(nn.Module):
         return t.unflatten(-1, (self.heads, self.dim // self.heads))
 
     def _linear(self, q, k, v, k_mean, v_mean, window_index):
-        """Linear attention per query window; sum over the selected windows via a 0/1 selection matrix."""
+        """Linear attention per query window; sum over the selected windows via a 0/1 selection matrix.
+
+        Values get a column of ones per head, so one contraction yields numerator (first d columns) and
+        normaliser (last column) together.
+        """
         _, n_win, n_tok, _ = q.shape
         n_keys = window_index.shape[-1] * n_tok + (n_win if self.mean_tokens else 0)
         fq, fk = elu_feature_map(self._split(q)), elu_feature_map(self._split(k))   # (B, nW, T, h, d)
-        vs = self._split(v) / n_keys
-        kv_win = torch.einsum("bwthd,bwthe->bwhde", fk, vs)                      # per key window
-        ksum_win = fk.sum(dim=2) / n_keys                                         # (B, nW, h, d)
+        kv_win = torch.einsum("bwthd,bwthe->bwhde", fk, _with_ones(self._split(v), n_keys))   # (B, nW, h, d, d+1)
         # (B, nW_query, nW_key) 0/1; one_hot rather than zeros(b, ...) keeps the batch axis dynamic under ONNX export
         select = F.one_hot(window_index, n_win).sum(dim=2).to(kv_win.dtype)
         kv = torch.einsum("bij,bjhde->bihde", select, kv_win)
-        ksum = torch.einsum("bij,bjhd->bihd", select, ksum_win)
         if self.mean_tokens:
             fkm = elu_feature_map(self._split(k_mean))                            # (B, nW, h, d)
-            kv = kv + torch.einsum("bjhd,bjhe->bhde", fkm, self._split(v_mean) / n_keys).unsqueeze(1)
-            ksum = ksum + (fkm.sum(dim=1) / n_keys).unsqueeze(1)
-        num = torch.einsum("bwthd,bwhde->bwthe", fq, kv)
-        den = torch.einsum("bwthd,bwhd->bwth", fq, ksum).unsqueeze(-1) + self.eps / n_keys
-        return (num / den).flatten(-2)                                            # (B, nW, T, C)
+            kv = kv + torch.einsum("bjhd,bjhe->bhde", fkm, _with_ones(self._split(v_mean), n_keys)).unsqueeze(1)
+        out = torch.einsum("bwthd,bwhde->bwthe", fq, kv)                          # (B, nW, T, h, d+1)
+        return (out[..., :-1] / (out[..., -1:] + self.eps / n_keys)).flatten(-2)  # (B, nW, T, C)
 
     def _softmax(self, q, k, v, k_mean, v_mean, window_index):
         """Scaled dot-product attention per query window over gathered key tokens."""

@@ -69,6 +69,7 @@ def test_defaults_follow_the_paper():
     (["--demo", "--encoder=vit"], "Unknown --encoder='vit'"),
     (["--demo", "--gt=new"], "Unknown --gt='new'"),
     (["--demo", "--device=tpu"], "Unknown --device='tpu'"),
+    (["--demo", "--precision=int8"], "Unknown --precision='int8'"),
     (["--demo", "--visibleDevice=a,b"], "not a comma-separated list"),
     (["-train=False"], "Nothing to do"),
     (["-td=/nonexistent/folder"], "-td/--train-dir does not exist"),
@@ -149,3 +150,13 @@ def test_inference_jobs_do_not_start_the_default_training(tmp_path):
     assert (e.train, e.export_format, e.out) == (False, "onnx", "m.onnx")
     assert _parse("-predict=p", "-train=True").train is True          # explicit training still happens
     assert _parse("--exported-encoder=False").export is False
+
+
+def test_precision_and_channels_last_flags():
+    import model.device
+
+    config = _parse("--demo", "--precision=bf16", "--channels-last")
+    assert config.precision == "bf16" and config.channels_last is True
+    assert _parse("--demo").precision == "fp32" and _parse("--demo").channels_last is False
+    from config import PRECISIONS
+    assert PRECISIONS == model.device.PRECISIONS

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -121,6 +122,35 @@ def test_resume_is_bit_for_bit(fake_set, tmp_path):
     assert [h["epoch"] for h in json.loads((tmp_path / "a" / "history.json").read_text())] == [1, 2]
     saved = Config.load_json(tmp_path / "a" / "config.json")
     assert saved.epochs == 2 and saved.model == "tiny" and saved.out == str(tmp_path / "a")
+
+
+def test_bf16_channels_last_training_tracks_fp32(fake_set, tmp_path):
+    """--precision=bf16 --channels-last trains on CPU: the same run within bf16 rounding of the fp32 one."""
+    from engine.train import run_training
+
+    uv = fake_uv()
+    ref = run_training(tiny_config(fake_set, tmp_path / "fp32", epochs=1), tiny_factory, uv)
+    low = run_training(tiny_config(fake_set, tmp_path / "bf16", epochs=1, precision="bf16", channels_last=True),
+                       tiny_factory, uv)
+    a, b = ref.history[0], low.history[0]
+    assert math.isfinite(b["train_loss"]) and math.isfinite(b["val_loss"])
+    assert b["train_loss"] != a["train_loss"]                         # the low precision really ran
+    assert abs(b["train_loss"] - a["train_loss"]) < 0.05 * a["train_loss"]
+    wa, wb = _weights(ref.last_path), _weights(low.last_path)
+    for key in wa:
+        assert wb[key].dtype == torch.float32                         # master weights stay fp32
+        torch.testing.assert_close(wb[key], wa[key], rtol=0.05, atol=2e-3)
+
+
+def test_fp16_without_cuda_is_one_sentence(fake_set, tmp_path):
+    from engine.train import run_training
+    from faceutil.errors import FaceUtilError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, where fp16 is allowed")
+    with pytest.raises(FaceUtilError, match="fp16 needs a CUDA device"):
+        run_training(tiny_config(fake_set, tmp_path / "x", precision="fp16"), tiny_factory, fake_uv())
+    assert not (tmp_path / "x" / "last.pth").exists()
 
 
 def _ddp_worker(config: Config, uv, out: str) -> None:

@@ -154,3 +154,43 @@ def test_cli_predict_with_the_onnx_file(exported, shared_data, tmp_path, capsys)
     record = json.loads((out / "skimage_astronaut.json").read_text())
     assert record["backend"] == "onnxruntime" and record["model"] == "e2tkface" and len(record["faces"]) == 1
     assert record["bfm"] == "synthetic"                        # taken from the file's metadata
+
+
+class _Smooth(torch.nn.Module):
+    """A shallow, well-conditioned conv net (random deep nets with calibrated BatchNorm amplify any rounding
+    chaotically, so they cannot show whether bf16 is accurate; trained networks are measured in benchmarks/)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.down = torch.nn.Conv2d(3, 16, 8, stride=8)
+        self.up = torch.nn.ConvTranspose2d(16, 3, 8, stride=8)
+
+    def forward(self, x):
+        return torch.tanh(self.up(torch.relu(self.down(x))) + 0.4)
+
+
+def test_bf16_predictor_casts_weights_once_and_stays_close_to_fp32(exported):
+    """--precision=bf16 for -predict: the weights are cast once to bf16 (the caller's model untouched), the
+    output comes back as float32 within bf16 rounding; E2TKFace runs that way end to end."""
+    rng = np.random.default_rng(2)
+    crops = rng.random((2, 3, 256, 256)).astype(np.float32)
+    smooth = _Smooth().eval()
+    ref = Predictor(smooth, device="cpu", bfm="synthetic").backend(crops)
+    low = Predictor(smooth, device="cpu", bfm="synthetic", precision="bf16", channels_last=True)
+    assert all(p.dtype == torch.bfloat16 for p in low.backend.module.parameters())
+    assert all(p.dtype == torch.float32 for p in smooth.parameters())
+    out = low.backend(crops)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    diff = np.abs(out - ref)
+    assert 0 < diff.max() < 2e-2 and diff.mean() < 3e-3            # bf16 keeps 8 significant bits
+
+    net, path, _ = exported["e2tkface"]
+    image = (rng.random((300, 420, 3)) * 255).astype(np.uint8)
+    boxes = np.array([[40.0, 50.0, 190.0, 200.0], [230.0, 60.0, 380.0, 210.0]])
+    e2 = Predictor(net, device="cpu", bfm="synthetic", precision="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in e2.backend.module.parameters())
+    faces = e2(image, boxes)
+    assert len(faces) == 2 and all(np.isfinite(f.landmarks).all() for f in faces)
+    with pytest.raises(RunError, match="apply to torch checkpoints"):
+        Predictor(path, device="cpu", precision="bf16")

@@ -138,6 +138,53 @@ def test_export_twin_matches_eval_outputs():
         torch.testing.assert_close(twin(x), net(x), rtol=1e-4, atol=1e-4)
 
 
+def _randomise_batchnorm(net: nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics and affine parameters in every BatchNorm (defaults would fold to identity)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                if m.affine:
+                    m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                    m.bias.copy_(0.1 * torch.randn(n, generator=g))
+
+
+@pytest.mark.parametrize("name", ["e2tkface", "prnet"])
+def test_export_folds_batchnorm_with_the_same_outputs(name):
+    torch.manual_seed(0)
+    net = model.build_model(name, **({"encoder": "faithful", "width_mult": 0.5} if name == "e2tkface" else {}))
+    _randomise_batchnorm(net)
+    net.eval()
+    x = torch.rand(2, 3, 256, 256)
+    twin = net.export()
+    left = [m for m in twin.modules() if isinstance(m, nn.BatchNorm2d)]
+    # E2TKFace: none left; PRNet: only the BatchNorm after each of its 10 residual sums
+    assert len(left) == (0 if name == "e2tkface" else 10)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.decoder.modules())
+    with torch.no_grad():
+        ref, got = net(x), twin(x)
+    assert ref.abs().max() > 0.05                                    # outputs not trivially saturated or zero
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_transposed_conv_equals_conv_then_batchnorm():
+    from model.fold import fused_conv
+
+    torch.manual_seed(1)
+    for conv in (nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1, bias=False), nn.Conv2d(6, 5, 3, padding=1),
+                 nn.ConvTranspose2d(6, 5, 4, stride=1, padding=1, bias=True)):
+        bn = nn.BatchNorm2d(5)
+        _randomise_batchnorm(bn, seed=2)
+        bn.eval()
+        x = torch.randn(2, 6, 7, 7)
+        with torch.no_grad():
+            torch.testing.assert_close(fused_conv(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+        assert conv.bias is None or conv.bias.shape == (5,)          # the original is untouched
+
+
 def test_export_with_plain_encoder_and_channels_last_option():
     torch.manual_seed(0)
     net = build_e2tkface_from(StandInEncoder(), enc_out=16, width_mult=0.25).eval()

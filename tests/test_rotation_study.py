@@ -209,7 +209,7 @@ def test_arguments_refuse_unsafe_or_crashing_settings():
     args = rs.parse_args(["--smoke", "--out", "/tmp/x"])
     assert args.steps == rs.SMOKE["steps"] and args.width_mult == rs.MIN_WIDTH
     assert rs.model_kwargs("prnet", {}, 0.5) == {}
-    assert rs.model_kwargs("e2tkface", {"encoder": "cnn"}, 0.5) == {"encoder": "cnn", "width_mult": 0.5}
+    assert rs.model_kwargs("e2tkface", {"encoder": "cnn"}, 0.5) == {"encoder": "cnn", "width_mult": 0.5, "topk": 4}
 
 
 @pytest.mark.slow
@@ -233,3 +233,38 @@ def test_merge_combines_partial_reports(tmp_path):
     tables = _tables((tmp_path / "all" / "rotation.md").read_text())
     assert len(tables[0]) == 3 + 2 * len(rs.MODELS)
     assert (tmp_path / "all" / "rotation.png").is_file()
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_resized_net_maps_small_crop_coordinates_back_to_the_256_crop(size):
+    """A network that returns its own pixel grid (crop px of the small crop) must come back as the 256 pixel grid."""
+    from faceutil.uv import POSMAP_SCALE
+
+    class Grid(nn.Module):
+        def forward(self, x):
+            b, _, h, w = x.shape
+            assert (h, w) == (size, size)
+            yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                    indexing="ij")
+            grid = torch.stack([xx, yy, xx + yy]) / POSMAP_SCALE
+            return grid.expand(b, -1, -1, -1)
+
+    wrapped = rs.wrap_size(Grid(), size)
+    out = wrapped(torch.rand(2, 3, 256, 256)) * POSMAP_SCALE            # (2, 3, 256, 256) crop px of the 256 crop
+    f = 256 / size
+    inner = slice(int(f), 256 - int(f))                                  # bilinear upsampling clamps at the border
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64)
+    assert np.allclose(out[0, 0, inner, inner].numpy(), xx[inner, inner], atol=1e-3)
+    assert np.allclose(out[1, 1, inner, inner].numpy(), yy[inner, inner], atol=1e-3)
+    # z scales with the crop but has no pixel-centre shift: (x_s + y_s) * f
+    zs = ((xx + 0.5) / f - 0.5) + ((yy + 0.5) / f - 0.5)
+    assert np.allclose(out[0, 2, inner, inner].numpy(), zs[inner, inner] * f, atol=1e-3)
+    assert rs.wrap_size(Grid(), 256).__class__ is Grid
+    assert rs.default_topk(256) == 4 and rs.default_topk(128) == 1
+
+
+def test_size_option_is_validated():
+    with pytest.raises(SystemExit):
+        rs.parse_args(["--size", "100", "--out", "/tmp/x"])
+    args = rs.parse_args(["--size", "128", "--out", "/tmp/x"])
+    assert args.size == 128 and args.topk == 1

@@ -1,0 +1,90 @@
+"""Folding eval-mode BatchNorm into the convolution before it: one place for the arithmetic used by every export().
+
+bn(conv(x)) = conv'(x) with conv'.weight = conv.weight * scale (per output channel) and conv'.bias =
+conv.bias * scale + shift, where scale = gamma / sqrt(running_var + eps) and shift = beta - running_mean * scale.
+Computed in float64, written in the destination's dtype.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def bn_scale_shift(mean: torch.Tensor, var: torch.Tensor, eps: float, gamma: torch.Tensor | None = None,
+                   beta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel float64 (scale, shift) with bn(x) = x * scale + shift (eval mode, running statistics)."""
+    scale = 1.0 / torch.sqrt(var.double() + eps)
+    if gamma is not None:
+        scale = scale * gamma.double()
+    shift = -mean.double() * scale
+    if beta is not None:
+        shift = shift + beta.double()
+    return scale, shift
+
+
+def batchnorm_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of a torch BatchNorm2d in eval mode."""
+    return bn_scale_shift(bn.running_mean, bn.running_var, bn.eps,
+                          bn.weight if bn.affine else None, bn.bias if bn.affine else None)
+
+
+@torch.no_grad()
+def write_folded(dst: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None,
+                 shift: torch.Tensor | None, out_dim: int = 0) -> None:
+    """dst.weight, dst.bias <- (weight, bias) followed by x * scale + shift; out_dim: output-channel axis of weight
+    (0 for Conv2d, 1 for ConvTranspose2d). dst must have a bias."""
+    weight = weight.double()
+    n_out = weight.shape[out_dim]
+    bias = torch.zeros(n_out, dtype=torch.float64, device=weight.device) if bias is None else bias.double()
+    if scale is not None:
+        view = [1] * weight.dim()
+        view[out_dim] = n_out
+        weight = weight * scale.view(view)
+        bias = bias * scale + shift
+    dst.weight.copy_(weight.to(dst.weight.dtype))
+    dst.bias.copy_(bias.to(dst.bias.dtype))
+
+
+def fused_conv(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Module:
+    """A biased copy of ``conv`` (Conv2d or ConvTranspose2d) computing bn(conv(x)) in eval mode."""
+    fused = copy.deepcopy(conv)
+    if fused.bias is None:
+        fused.bias = nn.Parameter(torch.zeros(bn.num_features, dtype=conv.weight.dtype, device=conv.weight.device))
+    scale, shift = batchnorm_scale_shift(bn)
+    write_folded(fused, conv.weight, conv.bias, scale, shift, 1 if isinstance(conv, nn.ConvTranspose2d) else 0)
+    return fused
+
+
+def _last_conv(m: nn.Module) -> tuple[nn.Module, str] | None:
+    """(parent, attribute) of the convolution that ends ``m`` (m itself or the last child of a Sequential)."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        return None
+    if isinstance(m, nn.Sequential) and len(m) and isinstance(m[-1], (nn.Conv2d, nn.ConvTranspose2d)):
+        return m, str(len(m) - 1)
+    return None
+
+
+def fuse_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every foldable eval-mode BatchNorm2d into the convolution before it, in place (inference twins only).
+
+    Folds (a) a Conv2d / ConvTranspose2d followed by a BatchNorm2d inside an nn.Sequential (also when the conv is
+    the last layer of a nested Sequential, e.g. padding + conv), and (b) whatever a submodule's own ``fuse_bn()``
+    folds. Returns ``module``.
+    """
+    for m in list(module.modules()):
+        if isinstance(m, nn.Sequential):
+            for i in range(len(m) - 1):
+                conv, bn = m[i], m[i + 1]
+                if not isinstance(bn, nn.BatchNorm2d):
+                    continue
+                if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)):
+                    m[i], m[i + 1] = fused_conv(conv, bn), nn.Identity()
+                elif _last_conv(conv) is not None:
+                    parent, name = _last_conv(conv)
+                    setattr(parent, name, fused_conv(getattr(parent, name), bn))
+                    m[i + 1] = nn.Identity()
+        elif hasattr(m, "fuse_bn"):
+            m.fuse_bn()
+    return module
