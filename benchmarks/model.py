@@ -103,6 +103,12 @@ class _Subject:
         self.target = torch.rand(big_batch, 3, 256, 256, generator=g)
         self.big_batch = big_batch
 
+    def mode(self, training: bool) -> None:
+        """Switch train/eval only when it changes: e2cnn re-expands every filter on each eval() call, which is
+        set-up work, not inference."""
+        if self.net.training != training:
+            self.net.train(training)
+
     def ctx(self):
         import model
 
@@ -115,7 +121,7 @@ class _Subject:
         x = self.inputs[batch]
 
         def run():
-            self.net.eval()
+            self.mode(False)
             with torch.no_grad(), self.ctx():
                 self.net(x)
         return run
@@ -124,12 +130,12 @@ class _Subject:
         """[(stage name, callable)] each timing one stage on the previous stage's output."""
         import torch
 
-        self.net.eval()
+        self.mode(False)
         calls, t = [], self.inputs[batch]
         with torch.no_grad(), self.ctx():
             for stage, fn in _stages(self.net, self.is_prnet):
                 def run(fn=fn, inp=t):
-                    self.net.eval()
+                    self.mode(False)
                     with torch.no_grad(), self.ctx():
                         fn(inp)
                 calls.append((stage, run))
@@ -138,7 +144,7 @@ class _Subject:
 
     def train_step(self):
         """One training step at the big batch: forward + loss + backward + Adam."""
-        self.net.train()
+        self.mode(True)
         self.opt.zero_grad(set_to_none=True)
         with self.ctx():
             out = self.net(self.inputs[self.big_batch])

@@ -1,11 +1,14 @@
 """Benchmark of prediction on CPU: per-image network latency at batch 1 for torch eager (equivariant encoder), torch
-with the exported encoder, and onnxruntime, for E2TKFace and PRNet; and frames per second of the -predict video path.
+with the export twin (plain encoder, BatchNorm folded), the export twin with bf16 weights (-predict --precision=bf16)
+and onnxruntime, for E2TKFace and PRNet; frames per second of the -predict video path; optionally (--checkpoint,
+--test-dir) how far bf16 moves the landmarks of a trained checkpoint.
 
 Randomly initialised full-size models (latency does not depend on the weights). Each variant: warm-up calls, then the
 median of --repeats timed calls on the same (1, 3, 256, 256) input; torch and onnxruntime get the same thread count.
 The video: --frames frames of the public-domain astronaut photo (../shared/data) moved a few pixels per frame,
 Haar detection on every frame, through engine.predict.predict_video (crop, network, geometry, overlay, mp4v writing).
 Usage: python benchmarks/predict.py [--repeats 10] [--threads 2,1] [--frames 16] [--out benchmarks/results/predict.md]
+                                  [--checkpoint CKPT --test-dir AFLW2000_FOLDER]
 """
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ def latency_rows(repeats: int, threads: int, work: Path) -> list[dict]:
     import torch
 
     from engine.export import export_onnx
-    from model import build_model
+    from engine.predict import TorchBackend
+    from model import build_model, summary
 
     torch.set_num_threads(threads)
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
@@ -69,6 +73,7 @@ def latency_rows(repeats: int, threads: int, work: Path) -> list[dict]:
         torch.manual_seed(0)
         net = calibrated(build_model(name))
         exported = net.export().eval()
+        low = TorchBackend(exported, "cpu", "bf16", channels_last=True)     # -predict --precision=bf16
         path = work / f"{name}.onnx"
         if path.is_file():                             # same seed-0 network, exported for an earlier thread count
             meta = dict(ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map)
@@ -91,15 +96,18 @@ def latency_rows(repeats: int, threads: int, work: Path) -> list[dict]:
         def run_onnx():
             session.run(None, {"image": xn})
 
+        def run_bf16():
+            low(xn)
+
         with torch.inference_mode():
             diff = float(np.abs(session.run(None, {"image": xn})[0] - net(x).numpy()).max())
         load = os.getloadavg()[0]
-        med = _interleaved_medians({"eager": eager, "plain": plain, "onnx": run_onnx}, repeats)
-        t_eager, t_plain, t_onnx = med["eager"], med["plain"], med["onnx"]
-        rows.append({"model": name, "eager": t_eager, "exported": t_plain, "onnx": t_onnx, "batch": meta["batch"],
-                     "diff": diff, "load": (load + os.getloadavg()[0]) / 2})
-        print(f"{name}: eager {t_eager * 1e3:.1f} ms, exported {t_plain * 1e3:.1f} ms, onnxruntime "
-              f"{t_onnx * 1e3:.1f} ms (max |onnx - torch| {diff:.2e})", flush=True)
+        med = _interleaved_medians({"eager": eager, "plain": plain, "bf16": run_bf16, "onnx": run_onnx}, repeats)
+        rows.append({"model": name, **med, "exported": med["plain"], "batch": meta["batch"], "diff": diff,
+                     "load": (load + os.getloadavg()[0]) / 2, "gmac": summary(net).macs / 1e9})
+        print(f"{name}: eager {med['eager'] * 1e3:.1f} ms, export twin {med['plain'] * 1e3:.1f} ms, bf16 weights "
+              f"{med['bf16'] * 1e3:.1f} ms, onnxruntime {med['onnx'] * 1e3:.1f} ms (max |onnx - torch| {diff:.2e})",
+              flush=True)
     return rows
 
 
@@ -144,13 +152,51 @@ def video_rows(frames: int, threads: int, work: Path, rounds: int = 2) -> list[d
     return rows
 
 
-def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: str, loads) -> None:
+def precision_rows(checkpoint: Path, test_dir: Path, threads: int) -> dict:
+    """fp32 vs bf16 (-predict --precision=bf16) on a trained checkpoint over an AFLW2000-format folder: 68-point 2D
+    NME against the truth for both, and how far bf16 moves each landmark (mean / max px, and in % of the NME
+    normaliser)."""
+    import torch
+
+    from data.dataset import AFLWEvalSet
+    from engine.predict import Predictor
+    from faceutil.crop import Similarity
+    from faceutil.metrics import nme
+    from faceutil.uv import POSMAP_SCALE, posmap_landmarks
+
+    torch.set_num_threads(threads)
+    ref = Predictor(checkpoint, device="cpu")
+    low = Predictor(checkpoint, device="cpu", precision="bf16", channels_last=True)
+    data = AFLWEvalSet(test_dir)
+    kpt = ref.geometry.kpt_ind
+    pred = {"fp32": [], "bf16": []}
+    truth = []
+    for i in range(len(data)):
+        item = data[i]
+        crop = np.asarray(item["image"], dtype=np.float32)[None]
+        inv = Similarity(np.asarray(item["matrix"], dtype=np.float64)).inverse()
+        for key, predictor in (("fp32", ref), ("bf16", low)):
+            maps = (predictor.backend(crop) * POSMAP_SCALE).transpose(0, 2, 3, 1)
+            pred[key].append(inv.apply(posmap_landmarks(maps, kpt)[0])[:, :2])
+        truth.append(np.asarray(item["pt3d_68"], dtype=np.float64)[:, :2])
+    a, b, gt = np.stack(pred["fp32"]), np.stack(pred["bf16"]), np.stack(truth)
+    move = np.linalg.norm(a - b, axis=-1)                                   # (N, 68) px
+    norm = np.sqrt(np.prod(np.ptp(gt, axis=1), axis=-1))                     # the NME normaliser per image
+    per_image = 100.0 * move.mean(axis=1) / norm
+    return {"checkpoint": str(checkpoint), "test_dir": str(test_dir), "images": len(gt),
+            "model": f"{ref.model_name} {ref.model_kwargs}", "nme_fp32": float(nme(a, gt).mean()),
+            "nme_bf16": float(nme(b, gt).mean()), "move_median_px": float(np.median(move)),
+            "move_p95_px": float(np.percentile(move, 95)), "move_max_px": float(move.max()),
+            "move_nme_median": float(np.median(per_image)), "move_nme_max": float(per_image.max())}
+
+
+def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: str, loads,
+                   prec: dict | None = None) -> None:
     import onnxruntime
     import torch
 
     lines = ["# Prediction speed (CPU)", "",
-             f"Command: `python benchmarks/predict.py --repeats {args.repeats} --threads {args.threads} "
-             f"--frames {args.frames}` (from the repository root)",
+             f"Command: `python benchmarks/predict.py {' '.join(sys.argv[1:])}` (from the repository root)",
              f"Machine: {platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores visible; torch "
              f"{torch.__version__}, onnxruntime {onnxruntime.__version__}; the same number of threads for torch and "
              f"onnxruntime in every row.",
@@ -159,16 +205,39 @@ def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: 
              "jobs, so absolute times are inflated and noisy; ratios within a row were measured back to back.",
              "", "Randomly initialised full-size networks (speed does not depend on the weights; BatchNorm statistics "
              "set from one random batch so outputs are O(1) and the ONNX difference is meaningful). Median of "
-             f"{args.repeats} calls after 2 warm-up calls, the three variants timed round-robin, batch 1, input "
-             "(1, 3, 256, 256).", "",
+             f"{args.repeats} calls after 2 warm-up calls, the four variants timed round-robin, batch 1, input "
+             "(1, 3, 256, 256). Export twin = model.export() (E2TKFace: encoder as plain convolutions; both: "
+             "BatchNorm folded into the convolutions); the ONNX file is that twin. bf16 = the export twin with its "
+             "weights cast to bfloat16 once, channels_last, as `-predict --precision=bf16` runs it.", "",
              "## Network latency per image, batch 1", "",
-             "| model | threads | torch eager (equivariant encoder) | torch, exported encoder | onnxruntime | "
-             "onnxruntime speed-up vs eager | ONNX batch axis | max abs diff onnx vs eager (posmap / 280) |",
-             "|---|---:|---:|---:|---:|---:|---|---:|"]
+             "| model | threads | torch eager (equivariant encoder) | torch export twin | torch export twin, bf16 | "
+             "onnxruntime | onnxruntime speed-up vs eager | bf16 speed-up vs eager | ONNX batch axis | "
+             "max abs diff onnx vs eager (posmap / 280) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in lat:
         lines.append(f"| {r['model']} | {r['threads']} | {r['eager'] * 1e3:.1f} ms | {r['exported'] * 1e3:.1f} ms | "
-                     f"{r['onnx'] * 1e3:.1f} ms | {r['eager'] / r['onnx']:.2f}x | {r['batch']} | {r['diff']:.1e} |")
-    lines += ["", "PRNet has no equivariant part: its eager and exported rows are the same network.", "",
+                     f"{r['bf16'] * 1e3:.1f} ms | {r['onnx'] * 1e3:.1f} ms | {r['eager'] / r['onnx']:.2f}x | "
+                     f"{r['eager'] / r['bf16']:.2f}x | {r['batch']} | {r['diff']:.1e} |")
+    lines += ["", "Arithmetic rate of each run (2 x multiply-accumulates per image / latency, GFLOP/s): a fp32 "
+              "ceiling shows as torch and onnxruntime landing at about the same rate.", "",
+              "| model | threads | GMAC/image | eager | export twin | bf16 | onnxruntime |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in lat:
+        rate = [f"{2 * r['gmac'] / r[k]:.0f}" for k in ("eager", "exported", "bf16", "onnx")]
+        lines.append(f"| {r['model']} | {r['threads']} | {r['gmac']:.2f} | " + " | ".join(rate) + " |")
+    lines += ["", "PRNet has no equivariant part: its eager and export-twin columns differ only by the folded "
+              "BatchNorms.", ""]
+    if prec:
+        lines += ["## bf16 on a trained checkpoint", "",
+                  f"`{prec['model']}` from `{prec['checkpoint']}`, {prec['images']} images of `{prec['test_dir']}`, "
+                  "each crop run through the fp32 and the bf16 predictor backend, landmarks read from the position "
+                  "map and mapped back to the image.", "",
+                  "| 2D NME fp32 | 2D NME bf16 | landmark shift fp32 -> bf16: median | 95th percentile | max | "
+                  "per-image mean shift / NME normaliser: median | max |",
+                  "|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {prec['nme_fp32']:.3f} % | {prec['nme_bf16']:.3f} % | {prec['move_median_px']:.2f} px | "
+                  f"{prec['move_p95_px']:.2f} px | {prec['move_max_px']:.1f} px | {prec['move_nme_median']:.3f} % | "
+                  f"{prec['move_nme_max']:.2f} % |", ""]
+    lines += [
               "## Video path (-predict on a video)", "",
               f"{vid[0]['frames'] if vid else 0} frames of the astronaut photo ({vid[0]['size'] if vid else ''}), "
               "Haar detection on every frame, E2TKFace crop -> network -> landmarks, pose fit, shaded-mesh overlay, "
@@ -176,19 +245,18 @@ def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: 
               "| network runs on | threads | frames/s | frames with a face |", "|---|---:|---:|---:|"]
     for r in vid:
         lines.append(f"| {r['variant']} | {r['threads']} | {r['fps']:.2f} | {r['with_face']}/{r['frames']} |")
-    lines += ["", "## Reading", "",
-              "- Equivariant vs exported encoder: in eval mode the e2cnn encoder caches its expanded filters, so eager "
-              "E2TKFace already runs plain convolutions; export() removes the e2cnn wrappers but gains little at "
-              "batch 1 (compare the two torch columns).",
-              "- torch vs onnxruntime (2026-11-25 runs on this machine): with one thread each they were within "
-              "about 10 % (both run the convolutions with optimised CPU kernels). With two threads on a machine whose other jobs keep both cores busy, "
-              "torch's OpenMP thread pool slows down many times over (its threads wait for each other at every "
-              "layer) while onnxruntime's degrades gently; that, not faster arithmetic, is where a large "
-              "onnxruntime speed-up in a multi-thread row comes from. On a busy machine run torch with "
-              "torch.set_num_threads(1), or use the .onnx file.",
-              "- The 2x target for onnxruntime over eager E2TKFace is met only in the contended multi-thread rows; "
-              "like for like (one thread) it is not: a further 2x would need e.g. int8 quantisation of the "
-              "(transposed) convolutions, not measured here.",
+    lines += ["", "## Reading (from the numbers above)", ""]
+    for r in (r for r in lat if r["model"] == "e2tkface"):
+        speed = r["eager"] / r["onnx"]
+        lines.append(f"- E2TKFace, {r['threads']} thread(s): onnxruntime {speed:.2f}x eager (target 2x: "
+                     f"{'met' if speed >= 2 else 'not met'}); the bf16 export twin {r['eager'] / r['bf16']:.2f}x "
+                     f"eager; onnxruntime vs the fp32 torch export twin {r['exported'] / r['onnx']:.2f}x.")
+    lines += ["- onnxruntime runs the same fp32 graph as the torch export twin; on this CPU both reach about the "
+              "same GFLOP/s (table above), so it can only beat eager by what the export twin already gains "
+              "(no e2cnn wrappers, folded BatchNorm). Another 2x needs lower precision: bf16 (torch, this CPU has "
+              "AVX512-BF16) or int8 (onnxruntime has no bf16 convolutions on CPU, and its QDQ int8 graph of this "
+              "network was slower than fp32 in a 2026-11-25 trial, because the 17 transposed convolutions have no "
+              "fused int8 kernel).",
               "- ONNX batch axis: engine.export checks with onnxruntime that a batch of 2 gives the two batch-1 "
               "results; a graph with a baked-in batch size would be saved with a fixed batch of 1 (\"1\" above) and "
               "fed one face at a time."]
@@ -203,6 +271,8 @@ def main() -> None:
                         help="comma-separated thread counts (each gives latency and video rows)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.md")
+    parser.add_argument("--checkpoint", type=Path, help="trained checkpoint for the bf16 accuracy section")
+    parser.add_argument("--test-dir", type=Path, help="AFLW2000-format folder for --checkpoint")
     args = parser.parse_args()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     load0 = os.getloadavg()[0]
@@ -214,7 +284,12 @@ def main() -> None:
         vid = []
         for n in threads if ASTRONAUT.is_file() else []:
             vid += [dict(r, threads=n) for r in video_rows(args.frames, n, Path(tmp))]
-    write_markdown(args.out, lat, vid, args, started, (load0, os.getloadavg()[0]))
+    prec = None
+    if args.checkpoint and args.test_dir:
+        prec = precision_rows(args.checkpoint, args.test_dir, threads[0])
+        print(f"bf16 on {args.checkpoint}: NME {prec['nme_fp32']:.3f} -> {prec['nme_bf16']:.3f} %, landmarks move "
+              f"{prec['move_median_px']:.2f} px (median), {prec['move_max_px']:.1f} px (max)", flush=True)
+    write_markdown(args.out, lat, vid, args, started, (load0, os.getloadavg()[0]), prec)
     print(f"wrote {args.out}")
 
 
