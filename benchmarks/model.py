@@ -27,7 +27,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "model.md"
 
 # name -> (registry name, kwargs, use export twin, channels_last, precision). precision: "fp32"; "bf16" = autocast
 # (training and inference, master weights fp32); "bf16-weights" = the export twin's weights cast to bf16 once, as
-# -predict --precision=bf16 runs it (inference only, no training step).
+# -predict --precision=bf16 runs it (inference only, no training step); "bf16-weights-compiled" = that, wrapped in
+# torch.compile as -predict --compile runs it (compile time reported separately; no per-stage times).
 VARIANTS = {
     "e2tkface": ("e2tkface", {}, False, False, "fp32"),
     "e2tkface-export": ("e2tkface", {}, True, False, "fp32"),
@@ -37,6 +38,8 @@ VARIANTS = {
     "prnet-bf16": ("prnet", {}, False, False, "bf16"),
     "e2tkface-export-bf16": ("e2tkface", {}, True, True, "bf16-weights"),
     "prnet-export-bf16": ("prnet", {}, True, True, "bf16-weights"),
+    "e2tkface-export-bf16-compiled": ("e2tkface", {}, True, True, "bf16-weights-compiled"),
+    "prnet-export-bf16-compiled": ("prnet", {}, True, True, "bf16-weights-compiled"),
     "e2tkface-export-cl": ("e2tkface", {}, True, True, "fp32"),
     "prnet-cl": ("prnet", {}, False, True, "fp32"),
 }
@@ -49,11 +52,14 @@ LABELS = {
     "prnet-bf16": "PRNet, bf16 autocast",
     "e2tkface-export-bf16": "E2TKFace (export twin), bf16 weights, channels_last",
     "prnet-export-bf16": "PRNet (export twin), bf16 weights, channels_last",
+    "e2tkface-export-bf16-compiled": "E2TKFace (export twin), bf16 weights, channels_last, torch.compile",
+    "prnet-export-bf16-compiled": "PRNet (export twin), bf16 weights, channels_last, torch.compile",
     "e2tkface-export-cl": "E2TKFace (export twin), channels_last",
     "prnet-cl": "PRNet, channels_last",
 }
 DEFAULT_VARIANTS = ("e2tkface", "e2tkface-export", "prnet", "prnet-export", "e2tkface-bf16", "prnet-bf16",
-                    "e2tkface-export-bf16", "prnet-export-bf16")
+                    "e2tkface-export-bf16", "prnet-export-bf16", "e2tkface-export-bf16-compiled",
+                    "prnet-export-bf16-compiled")
 
 
 def _prnet_twin(variant: str) -> str:
@@ -87,12 +93,14 @@ class _Subject:
             net = net.export()
         if channels_last:
             model.to_channels_last(net)
-        dtype = torch.bfloat16 if precision == "bf16-weights" else torch.float32
+        weights_cast = precision.startswith("bf16-weights")
+        dtype = torch.bfloat16 if weights_cast else torch.float32
         net = net.to(dtype)
         self.variant, self.net, self.is_prnet = variant, net, name == "prnet"
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.precision = "fp32" if precision == "bf16-weights" else precision
-        self.trainable = precision != "bf16-weights"
+        self.precision = "fp32" if weights_cast else precision
+        self.trainable = not weights_cast
+        self.compiled = precision.endswith("-compiled")
         size = model.summary(net)
         self.params, self.macs = size.params, size.macs
         self.loss_fn = model.WeightedPosmapLoss(torch.ones(256, 256))
@@ -102,6 +110,14 @@ class _Subject:
                        for b in (1, big_batch)}
         self.target = torch.rand(big_batch, 3, 256, 256, generator=g)
         self.big_batch = big_batch
+        self.compile_s = None
+        if self.compiled:                      # compile (or load from inductor's cache) for both batch sizes now
+            self.net = torch.compile(self.net)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for x in self.inputs.values():
+                    self.net(x)
+            self.compile_s = time.perf_counter() - t0
 
     def mode(self, training: bool) -> None:
         """Switch train/eval only when it changes: e2cnn re-expands every filter on each eval() call, which is
@@ -132,6 +148,8 @@ class _Subject:
 
         self.mode(False)
         calls, t = [], self.inputs[batch]
+        if self.compiled:
+            return calls
         with torch.no_grad(), self.ctx():
             for stage, fn in _stages(self.net, self.is_prnet):
                 def run(fn=fn, inp=t):
@@ -174,7 +192,7 @@ def run_timings(variants: list[str], threads: int, reps: int, big_batch: int) ->
     torch.set_num_threads(threads)
     subjects = {v: _Subject(v, big_batch) for v in variants}
     out = {v: {"variant": v, "label": LABELS[v], "threads": threads, "build_s": s.build_s, "params": s.params,
-               "macs": s.macs} for v, s in subjects.items()}
+               "macs": s.macs, "compile_s": s.compile_s} for v, s in subjects.items()}
     for batch, n in ((1, 3 * reps), (big_batch, reps)):
         res = _interleaved({v: s.infer(batch) for v, s in subjects.items()}, n)
         for v in variants:
@@ -277,9 +295,16 @@ def write_report(results: list[dict], args, load_before, load_after, path: Path)
               "|---|---:|---:|---:|---:|"]
     for r in results:
         for batch in (1, bb):
-            st = r[f"stages_b{batch}"]
+            st = r.get(f"stages_b{batch}")
+            if not st:                                    # compiled variants are timed whole only
+                continue
             cells = [_fmt(st[s]) if s in st else "-" for s in ("encoder", "attention neck", "decoder")]
             lines.append(f"| {r['label']} | {batch} | " + " | ".join(cells) + " |")
+    compiled = [r for r in results if r.get("compile_s") is not None]
+    if compiled:
+        lines += ["", "torch.compile time before the first timed call (both batch sizes; inductor's on-disk cache "
+                  "makes later runs much shorter): " + "; ".join(f"{r['label']} {r['compile_s']:.0f} s"
+                                                                 for r in compiled) + "."]
     lines += ["", "Targets (2 threads, E2TKFace): inference <= 0.060 s at batch 1 and <= 1.2 s at batch 16, training "
               "step <= 3.8 s at batch 16. Published implementation: 0.133 / 2.30 / 5.45 s; PRNet 0.074 / 1.94 / "
               "4.60 s. Medians of this run against the targets:", "",

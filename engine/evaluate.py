@@ -82,7 +82,12 @@ def load_for_inference(path: str | Path, config: Config, factory: Callable[..., 
         model = model.export()
     if device is not None:
         model = model.to(device)
-    return model.eval(), name
+    if config.channels_last:
+        from model.device import to_channels_last
+
+        to_channels_last(model)
+    model = model.eval()
+    return (torch.compile(model) if config.compile else model), name
 
 
 # --------------------------------------------------------------------------------------------- core

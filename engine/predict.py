@@ -6,7 +6,6 @@ Owns the detector-box -> crop rule at inference, the posmap -> original-image ma
 from __future__ import annotations
 
 import copy
-
 import functools
 import json
 import math
@@ -155,11 +154,13 @@ class TorchBackend:
 
     precision "bf16" / "fp16" (fp16: CUDA only): an nn.Module's weights are cast once and the inputs with them (no
     per-call casting as under autocast); another callable runs under autocast. channels_last: NHWC convolutions.
+    compile: wrap an nn.Module in torch.compile (the first call of each batch size compiles).
     """
 
     name = "torch"
 
-    def __init__(self, module, device=None, precision: str = "fp32", channels_last: bool = False):
+    def __init__(self, module, device=None, precision: str = "fp32", channels_last: bool = False,
+                 compile: bool = False):
         import torch
 
         from model.device import autocast_context, get_device, to_channels_last
@@ -177,6 +178,8 @@ class TorchBackend:
                 to_channels_last(self.module)
             if self.dtype is not None:
                 self.module = self.module.to(self.dtype)
+            if compile:
+                self.module = torch.compile(self.module)
         self.max_batch = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -233,11 +236,13 @@ class Predictor:
     trained on ("synthetic" or a data/Out folder); default: what the checkpoint / ONNX file records, else "auto".
     model: expected model name (a checkpoint of another model is then an error). export: run the network's
     export() twin (plain-torch encoder, same outputs; benchmarks/results/predict.md). batch_size: faces per call.
+    precision: "fp32" (default) or "bf16" / "fp16" (CUDA) for torch models (weights cast once, see TorchBackend);
+    channels_last: NHWC convolutions; compile: torch.compile the network. None of these applies to an .onnx file.
     """
 
     def __init__(self, source, device=None, bfm: str | None = None, model: str | None = None,
                  model_kwargs: dict | None = None, export: bool = True, batch_size: int = 8, detector=None,
-                 precision: str = "fp32", channels_last: bool = False):
+                 precision: str = "fp32", channels_last: bool = False, compile: bool = False):
         import torch
 
         self.model_name = model
@@ -250,9 +255,9 @@ class Predictor:
             if path.suffix.lower() == ".onnx":
                 from engine.export import OnnxBackend
 
-                if precision != "fp32" or channels_last:
-                    raise RunError(f"--precision and --channels-last apply to torch checkpoints; the ONNX file "
-                                   f"{path} runs as exported (drop those flags).")
+                if precision != "fp32" or channels_last or compile:
+                    raise RunError(f"--precision, --channels-last and --compile apply to torch checkpoints; the "
+                                   f"ONNX file {path} runs as exported (drop those flags).")
                 self.backend = OnnxBackend(path, device=device)
                 meta = self.backend.metadata
                 if model is not None and meta.get("model_name") not in (None, model):
@@ -264,14 +269,14 @@ class Predictor:
             else:
                 net, self.model_name, self.model_kwargs, ck = load_torch_model(path, model, model_kwargs, export)
                 recorded_bfm = (ck.get("config") or {}).get("bfm") if isinstance(ck.get("config"), dict) else None
-                self.backend = TorchBackend(net, device, precision, channels_last)
+                self.backend = TorchBackend(net, device, precision, channels_last, compile)
         elif isinstance(source, torch.nn.Module):
             net = source.eval()
             if export and hasattr(net, "export"):
                 net = net.export()
-            self.backend = TorchBackend(net, device, precision, channels_last)
+            self.backend = TorchBackend(net, device, precision, channels_last, compile)
         elif callable(source):
-            self.backend = TorchBackend(source, device, precision, channels_last)
+            self.backend = TorchBackend(source, device, precision, channels_last, compile)
         else:
             raise TypeError(f"Predictor needs a checkpoint / .onnx path, an nn.Module or a callable, "
                             f"got {type(source)}")
@@ -627,7 +632,7 @@ def run_predict(config, checkpoint=None) -> PredictSummary:
     out = Path(config.out) if config.out else Path("predictions")
     predictor = Predictor(source, device=config.device, bfm=bfm, model=model, model_kwargs=kwargs,
                           export=config.export, batch_size=config.batch_size, precision=config.precision,
-                          channels_last=config.channels_last)
+                          channels_last=config.channels_last, compile=config.compile)
     summary = predict_path(predictor, config.predict, out, boxes, progress=config.progress)
     for line in summary.lines():
         print(line)

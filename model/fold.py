@@ -57,13 +57,7 @@ def fused_conv(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.M
     return fused
 
 
-def _last_conv(m: nn.Module) -> tuple[nn.Module, str] | None:
-    """(parent, attribute) of the convolution that ends ``m`` (m itself or the last child of a Sequential)."""
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-        return None
-    if isinstance(m, nn.Sequential) and len(m) and isinstance(m[-1], (nn.Conv2d, nn.ConvTranspose2d)):
-        return m, str(len(m) - 1)
-    return None
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 
 def fuse_batchnorm(module: nn.Module) -> nn.Module:
@@ -74,17 +68,18 @@ def fuse_batchnorm(module: nn.Module) -> nn.Module:
     folds. Returns ``module``.
     """
     for m in list(module.modules()):
-        if isinstance(m, nn.Sequential):
-            for i in range(len(m) - 1):
-                conv, bn = m[i], m[i + 1]
-                if not isinstance(bn, nn.BatchNorm2d):
-                    continue
-                if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)):
-                    m[i], m[i + 1] = fused_conv(conv, bn), nn.Identity()
-                elif _last_conv(conv) is not None:
-                    parent, name = _last_conv(conv)
-                    setattr(parent, name, fused_conv(getattr(parent, name), bn))
-                    m[i + 1] = nn.Identity()
-        elif hasattr(m, "fuse_bn"):
+        if hasattr(m, "fuse_bn"):
             m.fuse_bn()
+        if not isinstance(m, nn.Sequential):
+            continue
+        for i in range(len(m) - 1):
+            if not isinstance(m[i + 1], nn.BatchNorm2d):
+                continue
+            if isinstance(m[i], _CONVS):                                    # conv, BN
+                m[i] = fused_conv(m[i], m[i + 1])
+            elif isinstance(m[i], nn.Sequential) and len(m[i]) and isinstance(m[i][-1], _CONVS):
+                m[i][-1] = fused_conv(m[i][-1], m[i + 1])                   # (pad, conv), BN
+            else:
+                continue
+            m[i + 1] = nn.Identity()
     return module

@@ -155,8 +155,9 @@ def test_inference_jobs_do_not_start_the_default_training(tmp_path):
 def test_precision_and_channels_last_flags():
     import model.device
 
-    config = _parse("--demo", "--precision=bf16", "--channels-last")
-    assert config.precision == "bf16" and config.channels_last is True
-    assert _parse("--demo").precision == "fp32" and _parse("--demo").channels_last is False
+    config = _parse("--demo", "--precision=bf16", "--channels-last", "--compile=True")
+    assert config.precision == "bf16" and config.channels_last is True and config.compile is True
+    default = _parse("--demo")
+    assert default.precision == "fp32" and default.channels_last is False and default.compile is False
     from config import PRECISIONS
     assert PRECISIONS == model.device.PRECISIONS

@@ -194,3 +194,14 @@ def test_bf16_predictor_casts_weights_once_and_stays_close_to_fp32(exported):
     assert len(faces) == 2 and all(np.isfinite(f.landmarks).all() for f in faces)
     with pytest.raises(RunError, match="apply to torch checkpoints"):
         Predictor(path, device="cpu", precision="bf16")
+
+
+def test_compiled_predictor_matches_eager(tmp_path, monkeypatch):
+    """--compile: the torch.compile'd network gives the eager network's output (tiny net: the compile is quick)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))     # compiled kernels stay in tmp
+    crops = np.random.default_rng(4).random((2, 3, 256, 256)).astype(np.float32)
+    smooth = _Smooth().eval()
+    ref = Predictor(smooth, device="cpu", bfm="synthetic").backend(crops)
+    compiled = Predictor(smooth, device="cpu", bfm="synthetic", compile=True)
+    assert compiled.backend.module is not smooth and hasattr(compiled.backend.module, "_orig_mod")
+    np.testing.assert_allclose(compiled.backend(crops), ref, rtol=1e-5, atol=1e-5)
