@@ -7,8 +7,10 @@ set whose crops are rotated in-plane by 0, 30, 60, 90, 135 and 180 degrees (68-p
 per angle and per yaw bin); repeats over seeds and reports mean ± std. Run from the repository root:
 
     python -m benchmarks.rotation_study --smoke --out /tmp/rotation_smoke       # ~30 s on 2 CPU cores
-    python -m benchmarks.rotation_study --steps 300 --batch 8 --width-mult 0.5 --train-count 400 \
-        --test-count 120 --seeds 0 1 --device cpu                                 # ~2 h on 2 CPU cores (estimate)
+    python -m benchmarks.rotation_study --steps N --batch 32 --precision bf16 --device cuda --out OUT
+    # N: enough steps for every model to beat the mean-face reference row (not yet known; needs a GPU)
+    # a documented CPU budget (all models alike): --size 128 --width-mult 0.5 --precision bf16; at 600 steps of
+    # batch 16 (10 min per run on 2 cores) the networks were still worse than the mean face (see below)
     # on a machine with a per-command time limit: one --models per call into its own --out, then
     python -m benchmarks.rotation_study --merge out_a/rotation.json out_b/rotation.json ...
 
@@ -18,9 +20,10 @@ statistics are then refreshed over un-augmented training crops (as engine.demo d
 data.augment has no rotation switch, so the no-rotation variant is `augment_without_rotation` below: it draws the
 same random numbers in the same order as data.augment.augment and skips only the rotation. build_model("prnet") has
 no width argument, so PRNet always runs at full width (13.35 M parameters) whatever --width-mult says.
-The report includes a reference row, the mean training position map predicted for every image (14 % NME at 0 deg on
-the smoke data): short runs do not beat it (60 steps at width 0.375 gave 41-50 %), and while the networks are
-worse than that mean face a flat NME-vs-angle curve says nothing about robustness -- the report says so.
+The report includes a reference row, the mean training position map predicted for every image (18.8 % NME at 0 deg
+on the 800/120-image data): short runs do not beat it (2026-11-25, CPU, plain-CNN encoder, size 128, width 0.5,
+bf16: 41.6 % after 120 steps, 35.6 % after 600 steps at lr 2e-3), and while the networks are worse than that mean
+face an NME-vs-angle curve says nothing about robustness -- the report says so.
 """
 from __future__ import annotations
 

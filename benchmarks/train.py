@@ -4,7 +4,8 @@ Synthesises and processes a small 300W-LP-format set with the synthetic face mod
 steps (forward, weighted loss, backward, Adam; batch 16, augmentation on) fed by data.build_loader over
 data.PosmapDataset (memory-mapped position maps), and the loader alone over the same data. The loader-only
 figures for a 122,450-sample index, pre-read vs memmap and peak RSS are in train_loader.md
-(benchmarks/train_loader.py). Usage: python benchmarks/train.py [--steps 4] [--out benchmarks/results/train.md]
+(benchmarks/train_loader.py). Usage: python benchmarks/train.py [--steps 4] [--precisions fp32,bf16]
+[--out benchmarks/results/train.md]
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from faceutil.morphable import load_model  # noqa: E402
 from faceutil.process import process_dataset  # noqa: E402
 from faceutil.synthetic import synthesize_dataset  # noqa: E402
 from faceutil.uv import build_uv_layout  # noqa: E402
-from model import build_model  # noqa: E402
+from model import autocast_context, build_model  # noqa: E402
 from model.loss import WeightedPosmapLoss  # noqa: E402
 
 
@@ -47,8 +48,10 @@ def loader_rate(dataset, workers: int, batch: int, batches: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def training_rate(dataset, workers: int, batch: int, steps: int, weight_mask) -> tuple[float, float]:
-    """(samples/s, seconds per step) of training steps fed by the loader; one warm-up step is not timed."""
+def training_rate(dataset, workers: int, batch: int, steps: int, weight_mask,
+                  precision: str = "fp32") -> tuple[float, float]:
+    """(samples/s, seconds per step) of training steps fed by the loader, the forward pass under
+    autocast_context("cpu", precision) as engine.train runs it; one warm-up step is not timed."""
     torch.manual_seed(0)
     net = build_model("e2tkface").train()
     loss_fn = WeightedPosmapLoss(weight_mask)
@@ -64,7 +67,9 @@ def training_rate(dataset, workers: int, batch: int, steps: int, weight_mask) ->
     for k in range(steps + 1):
         start = time.perf_counter()
         b = next(it)
-        loss = loss_fn(net(b["image"]), b["posmap"])
+        with autocast_context("cpu", precision):
+            out = net(b["image"])
+        loss = loss_fn(out.float(), b["posmap"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -80,6 +85,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="timed training steps per configuration")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated training precisions (fp32, bf16)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,26 +98,30 @@ def main() -> None:
         mask = build_uv_layout(model).weight_mask
         dataset = PosmapDataset(tmp / "crop", augment=True, seed=0)
         rows = []
-        for workers in (0, 1, 2):
-            alone = loader_rate(dataset, workers, args.batch, 12)
-            rate, step = training_rate(dataset, workers, args.batch, args.steps, mask)
-            rows.append((workers, alone, rate, step))
-            print(rows[-1], flush=True)
+        for precision in args.precisions.split(","):
+            for workers in (0, 1, 2):
+                alone = loader_rate(dataset, workers, args.batch, 12)
+                rate, step = training_rate(dataset, workers, args.batch, args.steps, mask, precision)
+                rows.append((precision, workers, alone, rate, step))
+                print(rows[-1], flush=True)
     lines = [
         "# Training throughput", "",
         f"- Date (UTC): {datetime.now(timezone.utc):%Y-%m-%d %H:%M}; machine: {platform.machine()}, "
         f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} torch threads in the training process",
-        f"- Command: `python benchmarks/train.py --samples {args.samples} --steps {args.steps} --batch {args.batch}`; "
+        f"- Command: `python benchmarks/train.py --samples {args.samples} --steps {args.steps} --batch {args.batch} "
+        f"--precisions {args.precisions}`; "
         f"1-min load average at start {load1:.1f}, at end {os.getloadavg()[0]:.1f}",
         f"- Data: {args.samples} synthetic 300W-LP-format images processed by faceutil.process; PosmapDataset with "
         "memory-mapped position maps and training augmentation; build_loader (persistent workers).",
         "- Training step: full-size E2TKFace (equivariant encoder), weighted position-map loss, backward, Adam; "
-        f"batch {args.batch}; mean of {args.steps} steps after one warm-up step.", "",
-        "| loader workers | loader alone (samples/s) | training (samples/s) | s per step | loader / training |",
-        "|---:|---:|---:|---:|---:|",
+        f"batch {args.batch}; mean of {args.steps} steps after one warm-up step; bf16 = autocast with fp32 master "
+        "weights (--precision=bf16).", "",
+        "| precision | loader workers | loader alone (samples/s) | training (samples/s) | s per step | "
+        "loader / training |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for workers, alone, rate, step in rows:
-        lines.append(f"| {workers} | {alone:.0f} | {rate:.2f} | {step:.2f} | {alone / rate:.0f}x |")
+    for precision, workers, alone, rate, step in rows:
+        lines.append(f"| {precision} | {workers} | {alone:.0f} | {rate:.2f} | {step:.2f} | {alone / rate:.0f}x |")
     lines += [
         "",
         "On 2 CPU cores the training step, not the loader, is the bottleneck: the loader with 2 workers delivers "
