@@ -274,13 +274,16 @@ def write_report(results: list[dict], args, load_before, load_after, path: Path)
         "torch.no_grad(). Export twin = model.export(): E2TKFace's encoder as plain convolutions, every foldable "
         "BatchNorm folded into its convolution.",
         "",
-        f"| model | params | GMAC/image | infer b1 | infer b{bb} | train step b{bb} | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| model | params | GMAC/image | infer b1 | infer b{bb} | train step b{bb} | peak RSS (MB) | "
+        f"GFLOP/s infer b1 | GFLOP/s infer b{bb} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         gmac = f"{r['macs'] / 1e9:.2f}" if "macs" in r else "-"
+        rates = [f"{2 * r['macs'] * b / r[f'infer_b{b}']['median'] / 1e9:.0f}" if "macs" in r else "-" for b in (1, bb)]
         lines.append(f"| {r['label']} | {r['params']:,} | {gmac} | {_fmt(r['infer_b1'])} | "
-                     f"{_fmt(r[f'infer_b{bb}'])} | {_fmt(r[f'train_b{bb}'])} | {r['peak_rss_mb']:.0f} |")
+                     f"{_fmt(r[f'infer_b{bb}'])} | {_fmt(r[f'train_b{bb}'])} | {r['peak_rss_mb']:.0f} | "
+                     + " | ".join(rates) + " |")
     ref = by.get("prnet")
     if ref:
         lines += ["", "Ratios to PRNet measured in the same run (median; < 1 = faster than PRNet):", "",
@@ -307,7 +310,9 @@ def write_report(results: list[dict], args, load_before, load_after, path: Path)
                                                                  for r in compiled) + "."]
     lines += ["", "Targets (2 threads, E2TKFace): inference <= 0.060 s at batch 1 and <= 1.2 s at batch 16, training "
               "step <= 3.8 s at batch 16. Published implementation: 0.133 / 2.30 / 5.45 s; PRNet 0.074 / 1.94 / "
-              "4.60 s. Medians of this run against the targets:", "",
+              "4.60 s. At 6.75 GMAC per image the targets ask for 2 x 6.75 / 0.060 = 225 GFLOP/s at batch 1 and "
+              "2 x 6.75 x 16 / 1.2 = 180 GFLOP/s at batch 16 (compare the GFLOP/s columns above). Medians of this "
+              "run against the targets:", "",
               f"| E2TKFace variant | infer b1 <= 0.060 | infer b{bb} <= 1.2 | train step b{bb} <= 3.8 |",
               "|---|---|---|---|"]
     for r in results:
