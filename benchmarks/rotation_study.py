@@ -288,27 +288,6 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     return model.eval(), facts
 
 
-class ConstantPosmap:
-    """Reference 'model': always the mean training position map, whatever the image (the mean-face guess).
-
-    A trained network whose 0-degree NME is not clearly below this one's has learnt little beyond the mean face,
-    and then a flat NME-vs-angle curve says nothing about rotation robustness.
-    """
-
-    def __init__(self, train_root, names):
-        from data.dataset import PosmapDataset, posmap_tensor
-
-        base = PosmapDataset(train_root, names, augment=False)
-        mean = np.mean([np.asarray(base.posmap_array(i), dtype=np.float64) for i in range(len(base))], axis=0)
-        self.map = posmap_tensor(mean.astype(np.float32))
-
-    def eval(self):
-        return self
-
-    def __call__(self, x):
-        return self.map.to(x.device).expand(x.shape[0], -1, -1, -1)
-
-
 def evaluate_angles(model, items: list, kpt_ind: np.ndarray, device, batch: int, angles=ANGLES) -> dict:
     """{angle: {"mean": 2D NME %, "bins": nme_by_yaw dict}} of `model` on `items` rotated by each angle."""
     from engine.evaluate import evaluate_model
@@ -664,6 +643,7 @@ def main(argv=None) -> dict:
     if args.merge:
         return merge_reports(args.merge, Path(args.out))
     from data.dataset import AFLWEvalSet
+    from engine.evaluate import MeanPosmapModel
     from engine.train import uv_tables
     from model.device import get_device
 
@@ -681,7 +661,7 @@ def main(argv=None) -> dict:
           f"({len(items)} test images); device {device}", flush=True)
     from data.index import read_index
 
-    baseline = evaluate_angles(ConstantPosmap(train_root, read_index(train_root)), items, kpt_ind, device,
+    baseline = evaluate_angles(MeanPosmapModel(train_root, read_index(train_root)), items, kpt_ind, device,
                                args.batch, args.angles)
     print("mean-face constant: NME " + " ".join(f"{a}°:{v['mean']:.1f}" for a, v in baseline.items()), flush=True)
     runs = []

@@ -107,7 +107,7 @@ def run_demo(config: Config) -> dict:
     from faceutil.sampleio import atomic_write_bytes
     from faceutil.uv import build_uv_layout
 
-    from engine.evaluate import run_evaluation
+    from engine.evaluate import MeanPosmapModel, run_evaluation
     from engine.train import default_factory, model_spec, run_training
 
     start = time.perf_counter()
@@ -134,6 +134,10 @@ def run_demo(config: Config) -> dict:
     print(f"untrained {name}: 2D NME {before.summary['pt3d_68 2D']['mean']:.2f} % on "
           f"{len(before.names)} test images", flush=True)
 
+    reference = run_evaluation(cfg, model=MeanPosmapModel(paths["train"]), tag="mean-face", uv=uv, quiet=True)
+    print(f"mean-face reference (the mean training position map for every image): 2D NME "
+          f"{reference.summary['pt3d_68 2D']['mean']:.2f} %", flush=True)
+
     t = time.perf_counter()
     result = run_training(cfg, uv=uv)
     train_seconds = time.perf_counter() - t
@@ -146,6 +150,7 @@ def run_demo(config: Config) -> dict:
     summary = {
         "nme2d_before": before.summary["pt3d_68 2D"]["mean"], "nme2d_after": after.summary["pt3d_68 2D"]["mean"],
         "nme3d_before": before.summary["pt3d_68 3D"]["mean"], "nme3d_after": after.summary["pt3d_68 3D"]["mean"],
+        "nme2d_mean_face": reference.summary["pt3d_68 2D"]["mean"],
         "dense_before": before.summary.get("dense 3D (face mask)", {}).get("mean"),
         "dense_after": after.summary.get("dense 3D (face mask)", {}).get("mean"),
         "epochs_trained": len(result.history), "train_seconds": round(train_seconds, 1),
@@ -162,6 +167,8 @@ def run_demo(config: Config) -> dict:
         f"  untrained: {summary['nme2d_before']:.2f} %   trained ({summary['epochs_trained']} epochs, "
         f"{train_seconds / 60:.1f} min): {summary['nme2d_after']:.2f} %",
         f"  3D NME: {summary['nme3d_before']:.2f} % -> {summary['nme3d_after']:.2f} %",
+        f"  reference, the mean training face for every image: {summary['nme2d_mean_face']:.2f} % (a network that "
+        "is not clearly below this has learnt little beyond the mean face; minutes of CPU training are not enough)",
         f"checkpoint:      {checkpoint} (= {trained.name} with BatchNorm statistics refreshed)",
         f"TensorBoard:     tensorboard --logdir {run_dir / 'tensorboard'}",
         f"visualisations:  {out / 'vis'} ({len(vis)} images: green = truth, red = prediction)",

@@ -91,6 +91,29 @@ def load_for_inference(path: str | Path, config: Config, factory: Callable[..., 
 
 
 # --------------------------------------------------------------------------------------------- core
+class MeanPosmapModel(nn.Module):
+    """Reference 'network': the mean training position map for every image, whatever the image (the mean face).
+
+    A trained network whose NME is not clearly below this one's has learnt little beyond the mean face.
+    train_root: processor output folder; names: the samples to average (default: its whole index).
+    forward: (B, 3, S, S) -> (B, 3, 256, 256) position map / 280.
+    """
+
+    def __init__(self, train_root: str | Path, names: list[str] | None = None):
+        super().__init__()
+        from data.dataset import PosmapDataset, posmap_tensor
+        from data.index import read_index
+
+        base = PosmapDataset(train_root, names if names is not None else read_index(train_root), augment=False)
+        total = np.zeros(base.posmap_array(0).shape, np.float64)
+        for i in range(len(base)):
+            total += np.asarray(base.posmap_array(i), dtype=np.float64)
+        self.register_buffer("map", posmap_tensor((total / len(base)).astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.map.to(x.device).expand(x.shape[0], -1, -1, -1)
+
+
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, kpt_ind: np.ndarray, face_mask: np.ndarray | None,
                    device: torch.device | str = "cpu", batch_size: int = 8, progress: bool = False,

@@ -142,6 +142,19 @@ def test_bf16_channels_last_training_tracks_fp32(fake_set, tmp_path):
         torch.testing.assert_close(wb[key], wa[key], rtol=0.05, atol=2e-3)
 
 
+def test_mean_posmap_model_is_the_mean_training_map(fake_set):
+    from data.dataset import PosmapDataset
+    from engine.evaluate import MeanPosmapModel
+
+    ref = MeanPosmapModel(fake_set)
+    base = PosmapDataset(fake_set, augment=False)
+    want = np.mean([np.asarray(base.posmap_array(i), np.float64) for i in range(len(base))], axis=0) / 280.0
+    out = ref(torch.rand(3, 3, 256, 256))
+    assert out.shape == (3, 3, 256, 256) and torch.equal(out[0], out[2])
+    np.testing.assert_allclose(out[1].numpy().transpose(1, 2, 0), want, rtol=1e-6, atol=1e-6)
+    assert not list(ref.parameters())                                     # nothing to train: a buffer only
+
+
 def test_fp16_without_cuda_is_one_sentence(fake_set, tmp_path):
     from engine.train import run_training
     from faceutil.errors import FaceUtilError
@@ -363,6 +376,7 @@ def test_full_demo_improves_nme(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert summary["nme2d_after"] < 0.8 * summary["nme2d_before"]
+    assert 0 < summary["nme2d_mean_face"] < summary["nme2d_before"] and "mean-face reference" in proc.stdout
     assert (tmp_path / "demo" / "run" / "best.pth").is_file() and (tmp_path / "demo" / "run" / "final.pth").is_file()
     assert list((tmp_path / "demo" / "vis").glob("*_landmarks.jpg"))
     assert "untrained" in proc.stdout and "TensorBoard" in proc.stdout
