@@ -198,7 +198,10 @@ def test_bf16_predictor_casts_weights_once_and_stays_close_to_fp32(exported):
 
 def test_compiled_predictor_matches_eager(tmp_path, monkeypatch):
     """--compile: the torch.compile'd network gives the eager network's output (tiny net: the compile is quick)."""
+    import torch._inductor.config as inductor_config
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))     # compiled kernels stay in tmp
+    monkeypatch.setattr(inductor_config, "compile_threads", 1)    # compile in this process: no worker pool to start
     crops = np.random.default_rng(4).random((2, 3, 256, 256)).astype(np.float32)
     smooth = _Smooth().eval()
     ref = Predictor(smooth, device="cpu", bfm="synthetic").backend(crops)

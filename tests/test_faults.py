@@ -61,9 +61,10 @@ def test_processor_two_workers_killed_then_rerun_is_byte_identical(seeds, tmp_pa
     seed_dir, seed_names, _ = seeds
     src = tmp_path / "in"
     src.mkdir()
-    # 32 = two full worker tasks of faceutil.process.CHUNK = 16 samples (a one-sample task would meet the
-    # batch-size dependence that test_resume_of_one_unfinished_sample_is_byte_identical pins down)
-    count = 32
+    # 64 = four full worker tasks of faceutil.process.CHUNK = 16 samples (a one-sample task would meet the
+    # batch-size dependence that test_resume_of_one_unfinished_sample_is_byte_identical pins down); enough work left
+    # after the 3rd finished sample that a slow poll on a busy machine still kills it half-way
+    count = 64
     for i in range(count):
         _copy_pair(seed_dir, seed_names[i % 3], src, f"face_{i:02d}")
     out = tmp_path / "out"
