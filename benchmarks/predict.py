@@ -44,8 +44,9 @@ def _interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
 
 
 def calibrated(net):
-    """BatchNorm running statistics from one random batch, so a random-init net gives O(1) outputs (otherwise they
-    are ~1e-7 and the onnx-vs-torch difference below would mean nothing). Returns the net in eval mode."""
+    """BatchNorm running statistics from one random batch, so a random-init net gives O(1) outputs (otherwise
+    BatchNorm's initial statistics shrink every layer to ~1e-7 and any torch-vs-onnx agreement would be vacuous).
+    Returns the net in eval mode. Also used by tests/test_export.py."""
     import torch
 
     for m in net.modules():

@@ -180,6 +180,8 @@ class TorchBackend:
                 self.module = self.module.to(self.dtype)
             if compile:
                 self.module = torch.compile(self.module)
+        # weights already in self.dtype: feed inputs in it; a plain callable gets autocast instead
+        self.weights_cast = self.dtype is not None and isinstance(module, torch.nn.Module)
         self.max_batch = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -189,9 +191,8 @@ class TorchBackend:
         from model.device import autocast_context
 
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).contiguous(memory_format=self.memory_format)
-        weights_cast = self.dtype is not None and isinstance(self.module, torch.nn.Module)
-        with torch.inference_mode(), autocast_context(self.device, "fp32" if weights_cast else self.precision):
-            out = self.module(x.to(self.dtype) if weights_cast else x)
+        with torch.inference_mode(), autocast_context(self.device, "fp32" if self.weights_cast else self.precision):
+            out = self.module(x.to(self.dtype) if self.weights_cast else x)
         if isinstance(out, torch.Tensor):
             return out.detach().float().cpu().numpy()
         return np.asarray(out, dtype=np.float32)

@@ -8,8 +8,8 @@ import copy
 import torch
 from torch import nn
 
-from .fold import fuse_batchnorm
 from .decoder import PRNET_DECODER_LAYERS, PRNetDecoder
+from .fold import fuse_batchnorm
 from .registry import ModelConfigError, register_model
 from .topk_attention import ATTENTION_KINDS, GlobalAttentionLayer, TopKWindowNeck
 

@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 
+from benchmarks.predict import calibrated
 from engine.errors import RunError
 from engine.export import OnnxBackend, OnnxPredictor, export_onnx
 from engine.predict import Predictor
@@ -14,20 +15,6 @@ from model import build_model
 
 # Random-init weights suffice for agreement; reduced width keeps E2TKFace fast (same layers, same ops).
 CASES = {"e2tkface": {"width_mult": 0.25}, "prnet": {}}
-
-
-def calibrated(net):
-    """Random-init networks in eval mode output ~1e-7 (BatchNorm's initial running statistics shrink every layer),
-    which would make any agreement test vacuous: set the running statistics from one batch so that every layer
-    sees O(1) activations and the output spans most of the tanh range. Returns the net in eval mode."""
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None                                   # cumulative average: exactly this batch's stats
-    net.train()
-    with torch.no_grad():
-        net(torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(7)))
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
