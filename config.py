@@ -280,8 +280,9 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
                                                 "results go to -o"),
     (("--bbox",), "bbox", str, "face boxes for -predict as 'x1,y1,x2,y2' (several separated by ';'); default: "
                                "detect faces"),
-    (("-export", "--export-format"), "export_format", str, "export --loadModelPath to a deployable file: onnx "
-                                                           "(written to -o)"),
+    (("-export", "--export-format"), "export_format", str, "export --loadModelPath to a deployable file: onnx, "
+                                                           "or onnx-int8 (calibrated on crops of -td, default: the "
+                                                           "checkpoint's training folder); written to -o"),
     (("--demo-train-count",), "demo_train_count", _int, "synthetic training images made by --demo"),
     (("--demo-test-count",), "demo_test_count", _int, "synthetic AFLW2000-format images made by --demo"),
 ]

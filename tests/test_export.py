@@ -157,6 +157,86 @@ class _Smooth(torch.nn.Module):
         return torch.tanh(self.up(torch.relu(self.down(x))) + 0.4)
 
 
+# ------------------------------------------------------------------------------------------------- int8
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory):
+    """A reduced-width E2TKFace checkpoint exported with -export=onnx-int8, calibrated on 4 processed synthetic
+    training crops (-td). Returns (torch net, checkpoint, onnx path, calibration folder, stdout)."""
+    import torchrun
+    from engine.checkpoint import make_checkpoint, save_checkpoint
+    from faceutil.morphable import load_model
+    from faceutil.process import process_dataset
+    from faceutil.synthetic import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("int8")
+    synthesize_dataset(root / "raw", "300W_LP", 4, seed=2, model=load_model("synthetic"))
+    process_dataset(root / "raw", root / "crop", progress=False)
+    torch.manual_seed(0)
+    net = calibrated(build_model("e2tkface", width_mult=0.25))
+    ck = save_checkpoint(root / "e2tkface.pth", make_checkpoint(net, "e2tkface", {"width_mult": 0.25}))
+    path = root / "e2tkface-int8.onnx"
+    assert torchrun.main(["-export=onnx-int8", f"--loadModelPath={ck}", f"-o={path}", f"-td={root / 'crop'}",
+                          "--bfm=synthetic"]) == 0
+    return net, ck, path, root / "crop"
+
+
+def test_int8_export_quantises_every_conv_and_matmul_but_the_decoder_tail(int8_export):
+    """QDQ form: each Conv / MatMul reads its activation and its weight through DequantizeLinear (onnxruntime fuses
+    them into int8 kernels), except in the last INT8_FLOAT_TAIL decoder layers, which stay float; there the stride-1
+    layers with more than 3 channels are convolutions, the rest transposed convolutions. The metadata says so."""
+    from engine.export import INT8_FLOAT_TAIL
+
+    _, _, path, _ = int8_export
+    proto = onnx.load(str(path))
+    producer = {out: node.op_type for node in proto.graph.node for out in node.output}
+    initializers = {t.name for t in proto.graph.initializer}
+    tail = [f"/decoder/layers/layers.{i}/" for i in range(17 - INT8_FLOAT_TAIL, 17)]
+    ops = [n for n in proto.graph.node if n.op_type in ("Conv", "MatMul", "ConvTranspose")]
+    floats = [n for n in ops if any(scope in n.name for scope in tail)]
+    assert len(ops) > 40 and len(floats) == INT8_FLOAT_TAIL
+    for node in ops:
+        if node in floats:
+            assert node.input[1] in initializers, node.name                      # float weights, float input
+            assert producer.get(node.input[0]) != "DequantizeLinear", node.name
+        else:
+            assert node.op_type != "ConvTranspose", node.name
+            assert [producer.get(i) for i in node.input[:2]] == ["DequantizeLinear"] * 2, node.name
+    # PRNet's layer strides: the tail is 32ch@128 (s1), 16ch@256 (s2), 16ch@256 (s1), then three 3-channel layers
+    assert [n.op_type for n in floats] == ["Conv", "ConvTranspose", "Conv"] + ["ConvTranspose"] * 3
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["precision"] == "int8" and props["calibration_images"] == "4" and props["batch"] == "dynamic"
+
+
+def test_int8_graph_runs_batched_and_in_range(int8_export):
+    _, _, path, crops = int8_export
+    from engine.export import calibration_crops
+
+    x = np.stack(calibration_crops(crops))
+    backend = OnnxBackend(path)
+    out = backend(x)
+    assert out.shape == (4, 3, 256, 256) and np.isfinite(out).all() and np.abs(out).max() <= 1 + 1e-6
+    assert np.abs(out[2:3] - backend(x[2:3])).max() < 1e-4          # the batch axis stays dynamic
+
+
+def test_int8_export_bad_calibration_input_is_one_sentence(int8_export, tmp_path, capsys):
+    import torchrun
+
+    _, ck, _, _ = int8_export
+    not_processed = tmp_path / "photos"
+    not_processed.mkdir()
+    cases = [([], "-td"),                                    # the checkpoint records no training folder
+             ([f"-td={not_processed}"], "calibration"),
+             ([f"-td={tmp_path / 'missing'}"], "-td")]
+    for extra, needle in cases:
+        code = torchrun.main(["-export=onnx-int8", f"--loadModelPath={ck}", f"-o={tmp_path / 'x.onnx'}"] + extra)
+        err = capsys.readouterr().err.strip()
+        assert code != 0 and needle in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    code = torchrun.main(["-export=tflite", f"--loadModelPath={ck}", f"-o={tmp_path / 'x.onnx'}"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "onnx-int8" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_bf16_predictor_casts_weights_once_and_stays_close_to_fp32(exported):
     """--precision=bf16 for -predict: the weights are cast once to bf16 (the caller's model untouched), the
     output comes back as float32 within bf16 rounding; E2TKFace runs that way end to end."""

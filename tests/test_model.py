@@ -1,5 +1,7 @@
 """Tests of the model package: registry, every registered model trains on a fixed sample, published sizes,
 export twin, decoder geometry, loss (mask is a buffer), device and mixed-precision helpers."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -124,6 +126,55 @@ def test_stride1_transposed_conv_is_same_padding():
         y = blk.deconv(x)[:, :, :5, :5]
     # full transposed conv puts tap (0,0) of input (2,2) at (2,2); padding 1 drops one row/column before
     assert y[0, 0, 1, 1] == 1.0 and y.sum() == 1.0
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(4, 1, 1), (4, 2, 1), (4, 2, 0), (4, 2, 2), (3, 1, 1), (5, 1, 2),
+                                                   (2, 2, 0), (6, 3, 0), (4, 4, 0)])
+def test_transposed_conv_as_convolution_is_exact(kernel, stride, padding):
+    """TransposedAsConv (one convolution + pixel shuffle) reproduces ConvTranspose2d to float64 rounding, on a
+    non-square input with a bias, for stride 1, 2, 3 and 4 and paddings on both sides of K/2."""
+    torch.manual_seed(kernel * 10 + stride + padding)
+    deconv = nn.ConvTranspose2d(5, 7, kernel, stride=stride, padding=padding, bias=True).double()
+    x = torch.randn(2, 5, 9, 11, dtype=torch.float64)
+    with torch.no_grad():
+        want, got = deconv(x), model.decoder.TransposedAsConv(deconv)(x)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) < 1e-12
+
+
+def test_transposed_conv_as_convolution_refuses_what_it_cannot_express():
+    bad = [nn.ConvTranspose2d(2, 2, 6, stride=3, padding=1),            # (K - 2p) not divisible by s
+           nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1),            # K not divisible by s
+           nn.ConvTranspose2d(2, 2, 4, stride=2, padding=1, groups=2),
+           nn.ConvTranspose2d(2, 2, 4, stride=2, padding=1, output_padding=1),
+           nn.ConvTranspose2d(2, 2, 4, stride=1, padding=1, dilation=2)]
+    for deconv in bad:
+        with pytest.raises(ValueError, match="TransposedAsConv"):
+            model.decoder.TransposedAsConv(deconv)
+    with pytest.raises(ValueError):
+        model.decoder.TransposedAsConv(nn.ConvTranspose2d(2, 2, 4, stride=2, padding=1), crop=True)
+
+
+def test_decoder_as_convolutions_keeps_the_outputs():
+    """Every layer (BatchNorm with random statistics folded, activation moved before the pixel shuffle) or only the
+    ones as_convolutions() selects by default: the decoder's eval outputs are unchanged."""
+    torch.manual_seed(4)
+    dec = PRNetDecoder(32, ((16, 1), (8, 2), (8, 1), (3, 1), (3, 1))).double()
+    for m in dec.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            nn.init.uniform_(m.weight, 0.5, 2)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    dec.eval()
+    x = torch.randn(2, 32, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        want = dec(x)
+        every = model.decoder.as_convolutions(copy.deepcopy(dec), min_out_channels=1)
+        default = model.decoder.as_convolutions(copy.deepcopy(dec), strides=(1,))
+        for twin, transposed_left in ((every, 0), (default, 3)):        # default: the stride-2 and 3-channel layers
+            assert sum(isinstance(m, nn.ConvTranspose2d) for m in twin.modules()) == transposed_left
+            assert float((twin(x) - want).abs().max()) < 1e-12
 
 
 def test_export_twin_matches_eval_outputs():

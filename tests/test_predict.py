@@ -338,8 +338,9 @@ def test_briefly_trained_model_moves_landmarks_towards_the_truth(face_model, tmp
 
     Measured (2026-11, this machine): NME 90 % untrained -> 30 % after 300 steps (lr 3e-4; 1e-4 gives 31 %, 1e-3 stalls
     at 43 %). A brief CPU run does not reach accurate landmarks (that takes real training, see --demo); this test
-    checks that a trained network's output flows through the predictor into the right place. The exact geometry is
-    covered by test_stub_network_gives_true_landmarks_and_pose.
+    checks that a trained network's output flows through the predictor into the right place, and that its int8
+    export (-export=onnx-int8) does too. The exact geometry is covered by
+    test_stub_network_gives_true_landmarks_and_pose.
     """
     from faceutil.metrics import nme
     from faceutil.process import process_dataset
@@ -373,6 +374,14 @@ def test_briefly_trained_model_moves_landmarks_towards_the_truth(face_model, tmp
         opt.step()
     after = landmark_nme(net)
     assert after < 0.5 * before and after < 40.0, (before, after)
+    # the int8 export of the trained network (calibrated on the 4 training crops) lands in the same place
+    from engine.export import calibration_crops, export_onnx
+
+    int8 = tmp_path / "int8.onnx"
+    export_onnx(net.eval(), int8, "e2tkface", {"width_mult": 0.25, "encoder": "cnn"}, calibration=calibration_crops(out))
+    result = Predictor(int8, device="cpu", bfm="synthetic")(image, _landmark_box(truth)[None], box_kind="landmarks")[0]
+    after_int8 = nme(result.landmarks[None, :, :2], truth[None, :, :2])[0]
+    assert after_int8 < 40.0 and abs(after_int8 - after) < 3.0, (after, after_int8)
 
 
 # ------------------------------------------------------------------------------------------------- command line
