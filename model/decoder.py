@@ -82,7 +82,6 @@ class TransposedAsConv(nn.Module):
         """deconv: the (BatchNorm-folded) transposed convolution; activation: an elementwise module applied to the
         convolution's output before the pixel shuffle (the same thing, since the shuffle only moves values)."""
         super().__init__()
-        self.act = activation if activation is not None else nn.Identity()
         (k, k2), (s, s2), (p, p2) = deconv.kernel_size, deconv.stride, deconv.padding
         if (k, s, p) != (k2, s2, p2) or k % s or (k - 2 * p) % s or deconv.groups != 1 \
                 or tuple(deconv.dilation) != (1, 1) or tuple(deconv.output_padding) != (0, 0) or (crop and s != 1):
@@ -94,7 +93,8 @@ class TransposedAsConv(nn.Module):
         grow = 0 if crop else (k - 2 * p) // s - 1                  # per-phase output size minus input size
         before = -min(starts)
         after = grow + span - 1 - before                            # conv output size = H + grow
-        self.stride, self.pad = s, (before, after, before, after)
+        symmetric = before == after and before >= 0                 # then the conv pads by itself
+        self.stride, self.pad = s, None if symmetric else (before, after, before, after)
         w = deconv.weight.detach()                                  # (C_in, C_out, K, K)
         c_in, c_out = w.shape[:2]
         weight = w.new_zeros(c_out, s, s, c_in, span, span)
@@ -104,11 +104,9 @@ class TransposedAsConv(nn.Module):
                     for u in range(taps):
                         weight[:, a, b, :, starts[a] - min(starts) + t, starts[b] - min(starts) + u] = \
                             w[:, :, s * (taps - 1 - t) + (a + p) % s, s * (taps - 1 - u) + (b + p) % s].t()
-        symmetric = before == after and before >= 0
         self.conv = nn.Conv2d(c_in, c_out * s * s, span, padding=before if symmetric else 0,
                               bias=deconv.bias is not None).to(device=w.device, dtype=w.dtype)
-        if symmetric:
-            self.pad = None
+        self.act = activation if activation is not None else nn.Identity()
         with torch.no_grad():
             self.conv.weight.copy_(weight.reshape(c_out * s * s, c_in, span, span))
             if deconv.bias is not None:
