@@ -240,8 +240,8 @@ def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: 
              "BatchNorm folded into the convolutions). bf16 = the export twin with its weights cast to bfloat16 once, "
              "channels_last, as `-predict --precision=bf16` runs it. onnxruntime = the -export=onnx file (that twin, "
              "stride-1 transposed convolutions as convolutions); onnxruntime int8 = the -export=onnx-int8 file "
-             "(every Conv and MatMul int8 except the three 3-channel output layers; calibrated here on 4 random "
-             "images, which sets its ranges, not its speed).", "",
+             "(Conv, MatMul and the ReLUs between them int8 except in the last six decoder layers; calibrated here "
+             "on 4 random images, which sets its ranges, not its speed).", "",
              "## Network latency per image, batch 1", "",
              "| model | threads | torch eager (equivariant encoder) | torch export twin | torch export twin, bf16 | "
              "onnxruntime | onnxruntime int8 | speed-up vs eager: onnxruntime | onnxruntime int8 | bf16 | "

@@ -259,7 +259,8 @@ class Predictor:
                 if precision != "fp32" or channels_last or compile:
                     raise RunError(f"--precision, --channels-last and --compile apply to torch checkpoints; the "
                                    f"ONNX file {path} runs as exported (drop those flags).")
-                self.backend = OnnxBackend(path, device=device)
+                # the same thread count as torch (its default follows the cores this process may use)
+                self.backend = OnnxBackend(path, device=device, threads=torch.get_num_threads())
                 meta = self.backend.metadata
                 if model is not None and meta.get("model_name") not in (None, model):
                     raise RunError(f"The ONNX file {path} holds a {meta.get('model_name')!r} model, not "
