@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,12 +33,13 @@ FORMATS = {"onnx": "fp32", "onnx-int8": "int8"}
 #: calibration crops an int8 export reads (evenly spaced over the folder)
 CALIBRATION_IMAGES = 64
 #: op types quantised in an int8 export. Relu / Clip let each convolution's uint8 output take the activation's range
-#: (onnxruntime fuses them into QLinearConv; landmark shift on a trained checkpoint 1.98 -> 1.42 px median against
+#: (onnxruntime fuses them into QLinearConv; median landmark shift on the early checkpoint named below 1.98 -> 1.42 px against
 #: Conv + MatMul alone); Pad then runs on uint8 too.
 INT8_OPS = ("Conv", "MatMul", "Relu", "Clip", "Pad")
 #: decoder layers an int8 export keeps in float: the last six (32 and 16 channels at 128^2 and 256^2, and the three
-#: 3-channel output layers). On a trained --demo checkpoint (2026-11-25) the median landmark shift against fp32 was
-#: 1.42 px with these six float, 1.72 / 2.31 / 3.07 px with four / five / all of the 128^2-256^2 layers int8.
+#: 3-channel output layers). On an early checkpoint of a 45-minute --demo run (2026-11-25, NME 28 %) the median
+#: landmark shift against fp32 was 1.42 px with these six float, 1.72 / 2.31 / 3.07 px with four / five / all of the
+#: 128^2-256^2 layers int8. The run's final checkpoint is more sensitive: see benchmarks/results/predict.md.
 INT8_FLOAT_TAIL = 6
 
 
@@ -101,9 +103,6 @@ def _quantize_int8(data: bytes, crops, float_scopes=()) -> bytes:
     """The fp32 graph ``data`` as a QDQ int8 graph calibrated on ``crops`` (see the module docstring); nodes whose
     name contains one of ``float_scopes`` (torch module scopes such as "/decoder/layers/layers.13/") stay float."""
     import onnx
-
-    import tempfile
-
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
 
@@ -261,4 +260,7 @@ def run_export(config, checkpoint=None) -> Path:
     meta = export_onnx(net, out, name, kwargs, bfm, calibration=crops)
     detail = f", int8 calibrated on {meta['calibration_images']} crops" if crops is not None else ""
     print(f"exported {name} ({'dynamic' if meta['batch'] == 'dynamic' else 'fixed batch 1'}{detail}) to {out}")
+    if crops is not None:
+        print("int8 moves landmarks against fp32: measure it on your test set before quoting NME from this file "
+              "(python benchmarks/predict.py --checkpoint CKPT --test-dir DIR --calibration-dir DIR).")
     return out
