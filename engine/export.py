@@ -143,8 +143,7 @@ def export_onnx(model, path, model_name: str, model_kwargs: dict | None = None, 
     from faceutil.sampleio import atomic_write_bytes
     from model.decoder import as_convolutions
 
-    net = model.eval()
-    net = net.export() if hasattr(net, "export") else copy.deepcopy(net)
+    net = model.eval().export() if hasattr(model, "export") else copy.deepcopy(model)
     int8 = calibration is not None
     if int8 and not len(calibration):
         raise RunError("An int8 export needs at least one calibration crop.")

@@ -12,22 +12,13 @@ import torch
 from torch import nn
 
 
-def bn_scale_shift(mean: torch.Tensor, var: torch.Tensor, eps: float, gamma: torch.Tensor | None = None,
-                   beta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def batchnorm_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel float64 (scale, shift) with bn(x) = x * scale + shift (eval mode, running statistics)."""
-    scale = 1.0 / torch.sqrt(var.double() + eps)
-    if gamma is not None:
-        scale = scale * gamma.double()
-    shift = -mean.double() * scale
-    if beta is not None:
-        shift = shift + beta.double()
-    return scale, shift
-
-
-def batchnorm_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) of a torch BatchNorm2d in eval mode."""
-    return bn_scale_shift(bn.running_mean, bn.running_var, bn.eps,
-                          bn.weight if bn.affine else None, bn.bias if bn.affine else None)
+    scale = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    return scale, (shift + bn.bias.double()) if bn.affine else shift
 
 
 @torch.no_grad()

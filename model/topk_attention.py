@@ -29,6 +29,11 @@ def _with_ones(v: torch.Tensor, n_keys: int) -> torch.Tensor:
     return F.pad(v, (0, 1), value=1.0) / n_keys
 
 
+def _ratio(out: torch.Tensor, eps: float) -> torch.Tensor:
+    """(..., d + 1) contraction with _with_ones values -> (..., d): numerator / (normaliser + eps)."""
+    return out[..., :-1] / (out[..., -1:] + eps)
+
+
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """(B, H, W, C) tokens -> (B, nW, window*window, C); nW = (H/window)*(W/window), windows in raster order."""
     _, h, w, c = x.shape
@@ -53,12 +58,9 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
     """
     s = k.shape[1]
     fq, fk = elu_feature_map(q), elu_feature_map(k)
-    kv = fk.permute(0, 2, 3, 1) @ (v / s).transpose(1, 2)           # (N, heads, d, d); 1/S against fp16 overflow
-    ksum = fk.sum(dim=1) / s                                         # (N, heads, d)
-    fq = fq.transpose(1, 2)                                          # (N, heads, L, d)
-    num = (fq @ kv).transpose(1, 2)                                  # (N, L, heads, d)
-    den = (fq @ ksum.unsqueeze(-1)).transpose(1, 2) + eps / s        # (N, L, heads, 1)
-    return num / den
+    kv = fk.permute(0, 2, 3, 1) @ _with_ones(v, s).transpose(1, 2)  # (N, heads, d, d+1)
+    out = (fq.transpose(1, 2) @ kv).transpose(1, 2)                  # (N, L, heads, d+1)
+    return _ratio(out, eps / s)
 
 
 class TopKWindowAttention(nn.Module):
@@ -132,7 +134,7 @@ class TopKWindowAttention(nn.Module):
             fkm = elu_feature_map(self._split(k_mean))                            # (B, nW, h, d)
             kv = kv + (fkm.permute(0, 2, 3, 1) @ _with_ones(self._split(v_mean), n_keys).transpose(1, 2)).unsqueeze(1)
         out = (fq.transpose(2, 3) @ kv).transpose(2, 3)                            # (B, nW, T, h, d+1)
-        return (out[..., :-1] / (out[..., -1:] + self.eps / n_keys)).flatten(-2)  # (B, nW, T, C)
+        return _ratio(out, self.eps / n_keys).flatten(-2)                         # (B, nW, T, C)
 
     def _softmax(self, q, k, v, k_mean, v_mean, window_index):
         """Scaled dot-product attention per query window over gathered key tokens."""
