@@ -19,6 +19,9 @@ MODELS = ("e2tkface", "prnet")
 ENCODERS = ("aligned", "faithful", "cnn")
 GROUND_TRUTHS = ("original", "reannotated")
 PRECISIONS = ("fp32", "bf16", "fp16")          # the same names as model.device.PRECISIONS (a test checks)
+HEADS = ("published", "mean-residual")         # the same names as model.head.HEADS (a test checks)
+INPUT_SIZES = (64, 128, 256)                   # the same sizes as model.head.INPUT_SIZES
+LR_SCHEDULES = ("exp", "cosine")               # the same names as engine.optim.SCHEDULES
 DEFAULT_BFM_DIR = "data/Out"
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -135,12 +138,15 @@ class Config:
     pre_read: bool = False
     num_workers: int = 4
     augment: bool = True
+    augment_rotation: bool = True
     shuffle: bool = True
     bfm: str = "auto"
     # model
     model: str = "e2tkface"
     encoder: str = "aligned"
     model_kwargs: dict = field(default_factory=dict)
+    head: str = "mean-residual"
+    input_size: int = 256
     load_model_path: str | None = None
     # optimisation
     epochs: int = 30
@@ -148,6 +154,9 @@ class Config:
     lr: float = 1e-4
     weight_decay: float = 2e-4
     lr_decay: float = 0.8
+    lr_schedule: str = "exp"
+    warmup_steps: int = 0
+    decay_norm_bias: bool = True
     seed: int = 0
     time_limit: float = 0.0
     # hardware
@@ -232,6 +241,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--isPreRead", "--pre-read"), "pre_read", "bool", "load all position maps into memory before training"),
     (("--numWorker", "--num-workers"), "num_workers", _int, "data-loading worker processes per process"),
     (("--augment",), "augment", "bool", "rotation / erasing / colour augmentation of training samples"),
+    (("--augment-rotation",), "augment_rotation", "bool", "include the in-plane rotation (+-90 deg, p 0.5) in "
+                                                          "--augment"),
     (("--shuffle",), "shuffle", "bool", "shuffle the training order each epoch"),
     (("--bfm",), "bfm", str, "face model for the UV layout: a folder with BFM.mat + BFM_UV.mat, 'synthetic', "
                              f"or 'auto' ({DEFAULT_BFM_DIR} when present, else synthetic)"),
@@ -240,6 +251,10 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
                                      "(published stride-2 layout) | cnn (plain-CNN ablation)"),
     (("--model-kwargs",), "model_kwargs", _model_kwargs, "extra model constructor arguments as JSON, "
                                                          "e.g. '{\"width_mult\": 0.5}'"),
+    (("--head",), "head", str, "output head: mean-residual (the training set's mean position map plus a learned "
+                               "residual that starts at zero) | published (BatchNorm + tanh, as PRNet/E2TKFace)"),
+    (("--input-size",), "input_size", _int, "size the network runs at inside the 256 crop: 64 | 128 | 256 (data, "
+                                            "loss, evaluation and exports stay at 256)"),
     (("--loadModelPath", "--load-model-path"), "load_model_path", str,
      "checkpoint to evaluate, or to start training from"),
     (("--epoch", "--epochs"), "epochs", _int, "number of training epochs"),
@@ -247,7 +262,12 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
      "images per batch per process (global batch = this x processes)"),
     (("--learningRate", "--lr"), "lr", _float, "Adam learning rate"),
     (("--weight-decay",), "weight_decay", _float, "Adam weight decay"),
-    (("--lr-decay",), "lr_decay", _float, "learning-rate factor applied after every epoch (ExponentialLR)"),
+    (("--lr-decay",), "lr_decay", _float, "learning-rate factor per epoch for --lr-schedule=exp"),
+    (("--lr-schedule",), "lr_schedule", str, "per-step learning rate after the warm-up: exp (x --lr-decay per epoch, "
+                                             "as published) | cosine (to zero at the last epoch)"),
+    (("--warmup", "--warmup-steps"), "warmup_steps", _int, "optimiser steps of linear learning-rate warm-up"),
+    (("--decay-norm-bias",), "decay_norm_bias", "bool", "apply --weight-decay to biases and norm scales/shifts too "
+                                                        "(as published); False decays weights only"),
     (("--seed",), "seed", _int, "seed of every random draw (initialisation, order, augmentation)"),
     (("--time-limit",), "time_limit", _float, "stop training after this many minutes (the epoch in progress ends "
                                               "early and is saved); 0 = no limit"),
@@ -299,6 +319,7 @@ _METAVARS = {"train_dir": "DIR", "val_dir": "DIR", "predict_dir": "DIR", "bfm": 
              "load_model_path": "PATH", "resume": "PATH", "gt_file": "PATH", "model_kwargs": "JSON",
              "num_workers": "N", "gpus": "N", "epochs": "N", "batch_size": "N", "seed": "N", "demo_train_count": "N",
              "demo_test_count": "N", "val_fraction": "F", "lr": "F", "weight_decay": "F", "lr_decay": "F",
+             "head": "NAME", "input_size": "N", "lr_schedule": "NAME", "warmup_steps": "N",
              "time_limit": "MIN", "visible_devices": "IDS", "model": "NAME", "encoder": "NAME", "gt": "NAME",
              "device": "DEV", "predict": "PATH", "bbox": "BOXES", "export_format": "FORMAT"}
 
@@ -362,6 +383,14 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
         raise ConfigError(f"--weight-decay must be 0 or more, not {config.weight_decay}.")
     if not 0 < config.lr_decay <= 1:
         raise ConfigError(f"--lr-decay must be in (0, 1], not {config.lr_decay}.")
+    if config.warmup_steps < 0:
+        raise ConfigError(f"--warmup must be 0 or more steps, not {config.warmup_steps}.")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"Unknown --lr-schedule={config.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
+    if config.head not in HEADS:
+        raise ConfigError(f"Unknown --head={config.head!r}; choose one of {', '.join(HEADS)}.")
+    if config.input_size not in INPUT_SIZES:
+        raise ConfigError(f"--input-size must be one of {', '.join(map(str, INPUT_SIZES))}, not {config.input_size}.")
     if not 0 < config.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be between 0 and 1, not {config.val_fraction}.")
     if config.encoder not in ENCODERS:

@@ -67,14 +67,15 @@ def colour_scale(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
     return cv2.LUT(np.ascontiguousarray(image), table.astype(np.uint8).reshape(1, 256, 3))
 
 
-def augment(image: np.ndarray, posmap: np.ndarray,
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment(image: np.ndarray, posmap: np.ndarray, rng: np.random.Generator,
+            rotation: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """DESIGN.md §5 training augmentation of one sample, every draw from `rng`.
 
     image: (256, 256, 3) uint8 RGB crop. posmap: (256, 256, 3) float32 position map in crop coordinates.
     Steps, each drawn independently: colour channel gains U(0.6, 1.4) with p 0.5 (image only); in-plane
     rotation U(-90, 90) degrees about the crop centre with p 0.5 (image pixels and posmap x/y values, see
     rotate); random erasing with p 0.25 (image only, after rotation so the occluder is axis-aligned).
+    rotation=False skips the rotation but draws the same random numbers, so only the rotation differs.
     Returns (image uint8, posmap float32); the inputs are never modified.
     """
     # Draw every decision up front, in a fixed order, so one branch never shifts another's random numbers.
@@ -88,7 +89,7 @@ def augment(image: np.ndarray, posmap: np.ndarray,
     out_image, out_pos = image, posmap
     if do_colour:
         out_image = colour_scale(out_image, gains)
-    if do_rotate:
+    if do_rotate and rotation:
         out_image, out_pos = rotate(out_image, out_pos, angle)
     if do_erase:
         out_image = random_erase(out_image, erase_rng)

@@ -19,6 +19,8 @@ from faceutil.sampleio import read_bbox_info, read_image, read_sample_mat
 from faceutil.uv import POSMAP_SCALE
 
 CROP_SIZE = 256
+MIN_MEAN_SAMPLES = 8            # fewest training samples the mean-residual head's mean position map is taken from
+MEAN_POSMAP_LIMIT = 4096        # most samples read for it
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -64,8 +66,8 @@ class PosmapDataset(Dataset):
     """Training/validation samples from a processor output folder (layout: CONTRACT "Processor output").
 
     root: the folder; names: sample names to use (default: data.index.read_index(root), i.e. the 'ok' rows).
-    augment: apply data.augment.augment, seeded by (seed, epoch, index) so the result does not depend on the
-    number or order of loader workers; epoch comes from set_epoch() or from an (epoch, index) key (see
+    augment: apply data.augment.augment (rotation=False: without its in-plane rotation), seeded by (seed, epoch,
+    index) so the result does not depend on the number or order of loader workers; epoch comes from set_epoch() or from an (epoch, index) key (see
     data.loader, which tags indices so persistent workers see the current epoch).
     pre_read: False (default) memory-maps each position map when its item is read (np.load mmap_mode="r", in
     whichever process reads it; nothing is opened in __init__), so memory does not grow with the dataset.
@@ -83,13 +85,13 @@ class PosmapDataset(Dataset):
     accepts_epoch_tag = True  # data.loader may pass (epoch, index) keys
 
     def __init__(self, root, names=None, augment: bool = False, seed: int = 0, pre_read: bool = False,
-                 pre_read_dtype: str = "float32", size: int = CROP_SIZE):
+                 pre_read_dtype: str = "float32", size: int = CROP_SIZE, rotation: bool = True):
         self.root = Path(root)
         names = read_index(self.root) if names is None else list(names)
         if not names:
             raise FaceUtilError(f"no samples selected from dataset folder {self.root}.")
         self._names = np.array(names, dtype=np.str_)
-        self.augment = bool(augment)
+        self.augment, self.rotation = bool(augment), bool(rotation)
         self.seed = int(seed)
         self.size = int(size)
         self.epoch = 0
@@ -129,6 +131,22 @@ class PosmapDataset(Dataset):
         name = str(self._names[i])
         return self.root / name / (name + POSMAP_SUFFIX)
 
+    def mean_posmap(self, limit: int = MEAN_POSMAP_LIMIT, minimum: int = MIN_MEAN_SAMPLES) -> np.ndarray:
+        """The mean position map, (256, 256, 3) float32 crop pixels, over at most `limit` samples spread evenly
+        over the dataset (the mean has converged to ~0.1 px long before that on 300W-LP; reading all 122k maps
+        would take minutes). Accumulated in float64; un-augmented. FaceUtilError when the dataset holds fewer than
+        `minimum` samples (too few to estimate a mean face)."""
+        n = len(self)
+        if n < minimum:
+            raise FaceUtilError(f"dataset folder {self.root} holds {n} training sample(s), too few to estimate the "
+                                f"mean position map of the mean-residual head (at least {minimum}); use "
+                                f"more samples or --head=published.")
+        picks = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(np.int64))
+        total = np.zeros((self.size, self.size, 3), np.float64)
+        for i in picks:
+            total += np.asarray(self.posmap_array(int(i)), dtype=np.float64)
+        return (total / len(picks)).astype(np.float32)
+
     def posmap_array(self, i: int) -> np.ndarray:
         """Sample i's stored position map, (256, 256, 3) crop pixels, NOT copied: a read-only np.memmap, or a view
         of the pre-read array (float16 when pre-read so)."""
@@ -154,7 +172,8 @@ class PosmapDataset(Dataset):
         _check_image(image, path, self.size)
         posmap = np.array(self.posmap_array(i), dtype=np.float32)  # copy out of the map / shared array
         if self.augment:
-            image, posmap = augment_sample(image, posmap, np.random.default_rng([self.seed, epoch, i]))
+            image, posmap = augment_sample(image, posmap, np.random.default_rng([self.seed, epoch, i]),
+                                           rotation=self.rotation)
         return {"image": image_tensor(image), "posmap": posmap_tensor(posmap), "index": i}
 
     # -- pre-read ------------------------------------------------------------------------------------------------

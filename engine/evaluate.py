@@ -105,10 +105,7 @@ class MeanPosmapModel(nn.Module):
         from data.index import read_index
 
         base = PosmapDataset(train_root, names if names is not None else read_index(train_root), augment=False)
-        total = np.zeros(base.posmap_array(0).shape, np.float64)
-        for i in range(len(base)):
-            total += np.asarray(base.posmap_array(i), dtype=np.float64)
-        self.register_buffer("map", posmap_tensor((total / len(base)).astype(np.float32)))
+        self.register_buffer("map", posmap_tensor(base.mean_posmap(limit=len(base), minimum=1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.map.to(x.device).expand(x.shape[0], -1, -1, -1)

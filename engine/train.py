@@ -1,8 +1,9 @@
-"""The training loop: data, model, Adam + ExponentialLR, weighted position-map loss, validation, checkpoints.
+"""The training loop: data, model, Adam with a per-step learning-rate schedule (engine.optim), weighted position-map
+loss, validation, checkpoints.
 
 Single process, one node of N spawned processes (--gpu=N), or PyTorch's torchrun launcher (RANK/WORLD_SIZE set).
 Every epoch writes last.pth (and best.pth when the validation loss improves) atomically; --resume continues
-bit-for-bit (model, optimiser, scheduler, epoch, RNG and data-order states).
+bit-for-bit (model, optimiser, epoch, step, RNG and data-order states; the learning rate is a function of the step).
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from engine.checkpoint import (capture_rng_state, check_model_identity, load_che
                                make_checkpoint, restore_rng_state, save_checkpoint, unwrap)
 from engine.errors import RunError
 from engine.monitor import Monitor, landmark_panel, posmap_panel
+from data.dataset import MEAN_POSMAP_LIMIT
+from engine.optim import lr_factor, parameter_groups
+from faceutil.errors import FaceUtilError
 from faceutil.uv import POSMAP_SCALE
 from model.device import autocast_context, grad_scaler, to_channels_last
 
@@ -45,12 +49,25 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------------ small helpers
+POSMAP_MODELS = ("e2tkface", "prnet")          # the registered models that take --head and --input-size
+
+
 def model_spec(config: Config) -> tuple[str, dict]:
-    """(registered model name, constructor kwargs) the config asks for; --encoder applies to e2tkface only."""
+    """(registered model name, constructor kwargs) the config asks for; --encoder applies to e2tkface only,
+    --head and --input-size to the position-map networks (POSMAP_MODELS)."""
     kwargs = dict(config.model_kwargs)
     if config.model == "e2tkface":
         kwargs.setdefault("encoder", config.encoder)
+    if config.model in POSMAP_MODELS:
+        kwargs.setdefault("head", config.head)
+        kwargs.setdefault("input_size", config.input_size)
     return config.model, kwargs
+
+
+def needs_mean_posmap(model: nn.Module) -> bool:
+    """Whether the model's output head adds a mean position map (model.head.PosmapIO, head "mean-residual")."""
+    io = getattr(unwrap(model), "io", None)
+    return io is not None and io.head == "mean-residual"
 
 
 def default_factory(name: str, **kwargs) -> nn.Module:
@@ -179,12 +196,20 @@ def log_sample(monitor: Monitor, sample, kpt_ind: np.ndarray, step: int, prefix:
 
 
 # ------------------------------------------------------------------------------------------------ entry points
-def run_training(config: Config, model_factory: ModelFactory | None = None, uv: tuple | None = None) -> TrainResult:
+EpochCallback = Callable[[nn.Module, dict], None]
+
+
+def run_training(config: Config, model_factory: ModelFactory | None = None, uv: tuple | None = None,
+                 on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train as the config says: one process, --gpu=N spawned processes, or one rank under torchrun.
 
     model_factory(name, **kwargs) -> nn.Module (default model.registry.build_model); uv: precomputed
-    uv_tables(...) result (default: computed from --bfm).
+    uv_tables(...) result (default: computed from --bfm). on_epoch(model, record): called in a single-process run
+    after every epoch's checkpoint is written, with the (unwrapped, training-mode) network and the epoch's history
+    record (e.g. to evaluate a learning curve; its time is not counted in the record's train_seconds).
     """
+    if on_epoch is not None and (D.launched_by_torchrun() or config.gpus > 1):
+        raise ConfigError("An epoch callback runs in single-process training only.")
     if D.launched_by_torchrun():
         return train_worker(config, D.info_from_env(), model_factory, uv)
     if config.gpus > 1:
@@ -200,7 +225,7 @@ def run_training(config: Config, model_factory: ModelFactory | None = None, uv: 
         out = Path(config.out)
         history = json.loads((out / "history.json").read_text()) if (out / "history.json").is_file() else []
         return TrainResult(out, out / "best.pth", out / "last.pth", history)
-    return train_worker(config, D.DistInfo(), model_factory, uv)
+    return train_worker(config, D.DistInfo(), model_factory, uv, on_epoch)
 
 
 def _spawned_worker(config: Config, model_factory: ModelFactory | None, uv: tuple | None) -> None:
@@ -208,7 +233,7 @@ def _spawned_worker(config: Config, model_factory: ModelFactory | None, uv: tupl
 
 
 def train_worker(config: Config, info: D.DistInfo, model_factory: ModelFactory | None = None,
-                 uv: tuple | None = None) -> TrainResult:
+                 uv: tuple | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
     """One training process (rank ``info.rank`` of ``info.world_size``)."""
     device = D.process_device(config.device, info)
     if info.distributed and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -216,7 +241,7 @@ def train_worker(config: Config, info: D.DistInfo, model_factory: ModelFactory |
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))   # no oversubscription of the cores
     D.init_process_group(info, device)
     try:
-        result = _train(config, info, device, model_factory or default_factory, uv)
+        result = _train(config, info, device, model_factory or default_factory, uv, on_epoch)
         D.barrier()                       # nobody tears the group down while a peer still receives
         return result
     finally:
@@ -245,7 +270,7 @@ def _build_data(config: Config, info: D.DistInfo):
                        f"test data inflates the reported result (leave -vd out to hold out "
                        f"{config.val_fraction:.0%} of -td instead).")
     train_set = PosmapDataset(config.train_dir, train_names, augment=config.augment, seed=config.seed,
-                              pre_read=config.pre_read)
+                              pre_read=config.pre_read, rotation=config.augment_rotation)
     val_set = PosmapDataset(val_root, val_names, augment=False) if val_names else None
     global_batch = config.batch_size * info.world_size
     loader = build_loader(train_set, batch_size=config.batch_size, workers=config.num_workers,
@@ -255,7 +280,7 @@ def _build_data(config: Config, info: D.DistInfo):
 
 
 def _train(config: Config, info: D.DistInfo, device: torch.device, factory: ModelFactory,
-           uv: tuple | None) -> TrainResult:
+           uv: tuple | None, on_epoch: EpochCallback | None = None) -> TrainResult:
     from model.loss import WeightedPosmapLoss
 
     autocast_context(device, config.precision)                  # fp16 without CUDA: one sentence, before any work
@@ -281,7 +306,14 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
     torch.manual_seed(config.seed)
     model = factory(name, **kwargs).to(device)
     if source_ckpt is not None:
-        load_weights(model, source_ckpt, source)
+        load_weights(model, source_ckpt, source)                 # the mean position map comes with the weights
+    elif needs_mean_posmap(model):
+        try:
+            model.io.set_mean_posmap(train_set.mean_posmap())
+        except FaceUtilError as err:
+            raise RunError(str(err)) from None
+        _say(info, f"mean-residual head: mean position map of {min(len(train_set), MEAN_POSMAP_LIMIT)} training "
+                   f"samples")
     if config.channels_last:
         to_channels_last(model)
     if info.distributed and device.type == "cuda" and config.sync_bn:
@@ -289,8 +321,7 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
     net = model
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+    optimizer = torch.optim.Adam(parameter_groups(model, config.weight_decay, config.decay_norm_bias), lr=config.lr)
     loss_fn = WeightedPosmapLoss(weight_mask).to(device)
     scaler = grad_scaler(device, config.precision)              # active for fp16 on CUDA only
 
@@ -301,7 +332,6 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
             raise RunError(f"{ckpt_resume} holds weights only (no optimiser state); use --loadModelPath to start "
                            f"from it instead of --resume.")
         optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
         if scaler.is_enabled() and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         start_epoch, best_loss = int(ck["epoch"]), float(ck["best_val_loss"])
@@ -319,6 +349,9 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
     stop_early = False
     steps_per_epoch = len(loader)
     step = start_epoch * steps_per_epoch
+    schedule = functools.partial(lr_factor, warmup_steps=config.warmup_steps, steps_per_epoch=steps_per_epoch,
+                                 total_steps=config.epochs * steps_per_epoch, schedule=config.lr_schedule,
+                                 decay=config.lr_decay)
     if info.is_main:
         n_val = 0 if val_set is None else len(val_set)
         print(f"training {name} on {len(train_set)} samples ({n_val} validation), {info.world_size} process(es) "
@@ -328,13 +361,16 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
         for epoch in range(start_epoch, config.epochs):
             loader.sampler.set_epoch(epoch)
             net.train()
-            lr = optimizer.param_groups[0]["lr"]
+            epoch_start = time.perf_counter()
+            lr = config.lr * schedule(step)
             epoch_sum, epoch_count = 0.0, 0
             bar = _progress(loader, info, config, f"epoch {epoch + 1}/{config.epochs}")
             for batch in bar:
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["posmap"].to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * schedule(step)
                 with autocast_context(device, config.precision):
                     pred = net(x)
                 loss = loss_fn(pred.float(), y)
@@ -361,7 +397,8 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
                     break
             train_loss = epoch_sum / max(epoch_count, 1)
 
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr}
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, "step": step,
+                      "train_seconds": round(time.perf_counter() - epoch_start, 2)}
             if stop_early:
                 record["stopped_early"] = True
             if info.is_main:
@@ -385,14 +422,13 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
             ok = D.broadcast_object(record is not None)
             if not ok:
                 raise _nan_error(epoch, step, last_path, where="validation")
-            scheduler.step()
             rng_states = _gather_rng(info)
             if info.is_main:
                 improved = select < best_loss
                 best_loss = min(best_loss, select)
                 history.append(record)
                 ck = make_checkpoint(
-                    model, name, kwargs, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    model, name, kwargs, optimizer=optimizer.state_dict(),
                     epoch=epoch + 1, best_val_loss=best_loss, val_loss=select, rng=rng_states,
                     data_state={"epoch": epoch + 1, "seed": config.seed,
                                 "generator": loader.generator.get_state() if loader.generator is not None else None},
@@ -405,6 +441,8 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
                 monitor.flush()
                 text = ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
                 print(text + (" (best)" if improved else ""), flush=True)
+                if on_epoch is not None:
+                    on_epoch(model, record)
             D.barrier()
             if stop_early:
                 _say(info, f"--time-limit of {config.time_limit:g} min reached: stopped after epoch {epoch + 1}")

@@ -30,14 +30,19 @@ class TransposedConvBNAct(nn.Module):
     dropped, i.e. TF's 'same' padding of 1 before / 2 after). BatchNorm eps 1e-3 as in PRNet.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: nn.Module, linear: bool = False):
+        """linear=True: no BatchNorm or activation, a bias instead, and weights and bias start at zero (the output
+        layer of the mean-residual head, model.head.PosmapIO); ``activation`` is then ignored."""
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"transposed conv stride must be 1 or 2, got {stride}")
         self.stride, self.crop = stride, stride == 1
-        self.deconv = nn.ConvTranspose2d(in_ch, out_ch, 4, stride=stride, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch, eps=1e-3)
-        self.act = activation
+        self.deconv = nn.ConvTranspose2d(in_ch, out_ch, 4, stride=stride, padding=1, bias=linear)
+        self.bn = nn.Identity() if linear else nn.BatchNorm2d(out_ch, eps=1e-3)
+        self.act = nn.Identity() if linear else activation
+        if linear:
+            nn.init.zeros_(self.deconv.weight)
+            nn.init.zeros_(self.deconv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_ch, H, W) -> (B, out_ch, stride*H, stride*W)."""
@@ -121,16 +126,21 @@ class TransposedAsConv(nn.Module):
 class PRNetDecoder(nn.Module):
     """(B, in_ch, 8, 8) -> (B, 3, 256, 256) in [-1, 1] (tanh); the network's position map / 280.
 
+    linear_output=True: the last layer is linear and starts at zero (TransposedConvBNAct(linear=True)), for the
+    mean-residual head; its output is then a residual, not bounded by tanh.
+
     channels_last=True (default) runs the layers in NHWC layout with NHWC weights: same results, faster on CPU
     (the 3- and 16-channel layers at 256^2 most of all); the output is returned as a contiguous NCHW tensor.
     """
 
-    def __init__(self, in_ch: int = 512, layers=PRNET_DECODER_LAYERS, channels_last: bool = True):
+    def __init__(self, in_ch: int = 512, layers=PRNET_DECODER_LAYERS, channels_last: bool = True,
+                 linear_output: bool = False):
         super().__init__()
         blocks = []
         for i, (out_ch, stride) in enumerate(layers):
             last = i == len(layers) - 1
-            blocks.append(TransposedConvBNAct(in_ch, out_ch, stride, nn.Tanh() if last else nn.ReLU(inplace=True)))
+            blocks.append(TransposedConvBNAct(in_ch, out_ch, stride, nn.Tanh() if last else nn.ReLU(inplace=True),
+                                              linear=last and linear_output))
             in_ch = out_ch
         self.layers = nn.Sequential(*blocks)
         self.channels_last = channels_last

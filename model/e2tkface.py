@@ -10,6 +10,7 @@ from torch import nn
 
 from .decoder import PRNET_DECODER_LAYERS, PRNetDecoder
 from .fold import fuse_batchnorm
+from .head import CROP_SIZE, PosmapIO, check_head, published_topk
 from .registry import ModelConfigError, register_model
 from .topk_attention import ATTENTION_KINDS, GlobalAttentionLayer, TopKWindowNeck
 
@@ -23,11 +24,14 @@ class E2TKFace(nn.Module):
     module with that contract); neck: (B, C_enc, 32, 32) -> (B, 512, 8, 8); global_layer: same shape;
     decoder: (B, 512, 8, 8) -> (B, 3, 256, 256). The neck and the decoder always run in NHWC (channels_last)
     layout; channels_last=True also feeds the encoder NHWC tensors (see model.device.to_channels_last).
+    io: model.head.PosmapIO (input size and output head; default: 256 and the published head). At input size s the
+    inner shapes above scale by s / 256; the outer contract stays (B, 3, 256, 256) -> (B, 3, 256, 256).
     """
 
     def __init__(self, encoder: nn.Module, neck: nn.Module, global_layer: nn.Module, decoder: nn.Module,
-                 channels_last: bool = False):
+                 channels_last: bool = False, io: PosmapIO | None = None):
         super().__init__()
+        self.io = io if io is not None else PosmapIO()
         self.encoder = encoder
         self.neck = neck
         self.global_layer = global_layer
@@ -35,12 +39,13 @@ class E2TKFace(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, 256, 256) float in [0, 1] -> (B, 3, 256, 256) float, position map / 280."""
+        """x: (B, 3, 256, 256) float in [0, 1] -> (B, 3, 256, 256) float32, position map / 280."""
+        x = self.io.shrink(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.encoder(x)                                   # (B, 128, 32, 32)
         tokens = self.global_layer(self.neck(features))              # (B, 512, 8, 8), channels_last strides
-        return self.decoder(tokens)
+        return self.io.expand(self.decoder(tokens))
 
     def export(self) -> "E2TKFace":
         """Inference twin in eval mode: the encoder replaced by its plain-torch export (if it has one), the rest
@@ -50,7 +55,7 @@ class E2TKFace(nn.Module):
         self.eval()
         encoder = self.encoder.export() if hasattr(self.encoder, "export") else copy.deepcopy(self.encoder)
         twin = E2TKFace(encoder, fuse_batchnorm(copy.deepcopy(self.neck)), copy.deepcopy(self.global_layer),
-                        fuse_batchnorm(copy.deepcopy(self.decoder)), self.channels_last)
+                        fuse_batchnorm(copy.deepcopy(self.decoder)), self.channels_last, copy.deepcopy(self.io))
         self.train(was_training)
         return twin.eval()
 
@@ -87,29 +92,33 @@ def scaled_dims(width_mult: float) -> dict:
 
 def build_e2tkface_from(encoder: nn.Module, enc_out: int = 128, width_mult: float = 1.0,
                         attention: str = "linear", mean_tokens: bool = True, topk: int = 4,
-                        channels_last: bool = False) -> E2TKFace:
-    """E2TKFace around a given encoder module producing (B, enc_out, 32, 32)."""
+                        channels_last: bool = False, input_size: int = CROP_SIZE,
+                        head: str = "published") -> E2TKFace:
+    """E2TKFace around a given encoder module producing (B, enc_out, input_size / 8, input_size / 8)."""
     dims = scaled_dims(width_mult)
     neck = TopKWindowNeck(enc_out, dims["dims"], (5, 2), dims["heads"], (4, 2), (topk, topk), attention, mean_tokens)
     global_layer = GlobalAttentionLayer(dims["dims"][1], dims["global_heads"], attention)
-    decoder = PRNetDecoder(dims["dims"][1], dims["decoder"])
-    return E2TKFace(encoder, neck, global_layer, decoder, channels_last)
+    decoder = PRNetDecoder(dims["dims"][1], dims["decoder"], linear_output=head == "mean-residual")
+    return E2TKFace(encoder, neck, global_layer, decoder, channels_last, PosmapIO(input_size, head))
 
 
 @register_model("e2tkface")
 def build_e2tkface(encoder: str = "aligned", width_mult: float = 1.0, attention: str = "linear",
-                   mean_tokens: bool = True, topk: int = 4, channels_last: bool = False,
-                   cnn_layout: str = "aligned") -> E2TKFace:
+                   mean_tokens: bool = True, topk: int | None = None, channels_last: bool = False,
+                   cnn_layout: str = "aligned", input_size: int = CROP_SIZE, head: str = "published") -> E2TKFace:
     """E2TKFace as published (width_mult 1: about 23.0 M trainable parameters, 6.8 GMAC per 256^2 image).
 
     encoder: "aligned" (exactly 90-degree equivariant at 256, default) | "faithful" (published stride-2) | "cnn".
     attention: "linear" (published) | "softmax"; mean_tokens: append every window's mean key/value token;
-    topk: key windows kept per query window; channels_last: NHWC convolutions; cnn_layout: downsampling of "cnn".
+    topk: key windows kept per query window (default: the published quarter of the windows, 4 at 256, 1 below);
+    channels_last: NHWC convolutions; cnn_layout: downsampling of "cnn"; input_size, head: model.head.PosmapIO.
     """
+    check_head(head, input_size)
     if attention not in ATTENTION_KINDS:
         raise ModelConfigError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {attention!r}.")
+    topk = published_topk(input_size) if topk is None else topk
     if not 1 <= topk <= 16:
         raise ModelConfigError(f"topk must be between 1 and 16 (the windows per stage), got {topk}.")
     enc_out = scaled_dims(width_mult)["enc_out"]
     enc = build_encoder(encoder, width_mult, enc_out, cnn_layout)
-    return build_e2tkface_from(enc, enc_out, width_mult, attention, mean_tokens, topk, channels_last)
+    return build_e2tkface_from(enc, enc_out, width_mult, attention, mean_tokens, topk, channels_last, input_size, head)

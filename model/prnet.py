@@ -10,6 +10,7 @@ from torch import nn
 
 from .decoder import PRNetDecoder
 from .fold import fuse_batchnorm
+from .head import CROP_SIZE, PosmapIO, check_head
 from .registry import register_model
 
 
@@ -66,19 +67,22 @@ class PRNet(nn.Module):
     """PRNet: image (B, 3, 256, 256) in [0, 1] -> position map / 280, (B, 3, 256, 256). No loss in forward.
 
     The decoder runs in channels_last layout (as E2TKFace's); channels_last=True runs the encoder so too.
+    input_size, head: model.head.PosmapIO (the network runs at input_size inside the 256 contract).
     """
 
-    def __init__(self, channels_last: bool = False):
+    def __init__(self, channels_last: bool = False, input_size: int = CROP_SIZE, head: str = "published"):
         super().__init__()
+        self.io = PosmapIO(input_size, head)
         self.encoder = PRNetEncoder()
-        self.decoder = PRNetDecoder(self.encoder.out_ch)
+        self.decoder = PRNetDecoder(self.encoder.out_ch, linear_output=head == "mean-residual")
         self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, 256, 256) float in [0, 1] -> (B, 3, 256, 256) float, position map / 280."""
+        """x: (B, 3, 256, 256) float in [0, 1] -> (B, 3, 256, 256) float32, position map / 280."""
+        x = self.io.shrink(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.decoder(self.encoder(x))
+        return self.io.expand(self.decoder(self.encoder(x)))
 
     def export(self) -> "PRNet":
         """Inference twin in eval mode: a copy with every conv -> BatchNorm pair folded into one biased conv (the
@@ -90,6 +94,7 @@ class PRNet(nn.Module):
 
 
 @register_model("prnet")
-def build_prnet(channels_last: bool = False) -> PRNet:
-    """The PRNet baseline (13.35 M trainable parameters)."""
-    return PRNet(channels_last=channels_last)
+def build_prnet(channels_last: bool = False, input_size: int = CROP_SIZE, head: str = "published") -> PRNet:
+    """The PRNet baseline (13.35 M trainable parameters); input_size, head: model.head.PosmapIO."""
+    check_head(head, input_size)
+    return PRNet(channels_last, input_size, head)

@@ -1,0 +1,460 @@
+"""Convergence study (issue 12): why the networks collapsed onto the mean face, and what makes them learn.
+
+Owns benchmarks/results/convergence.md (+ convergence.json). Two kinds of run, each saved to its own JSON file as
+soon as it ends, so a rerun skips what is done and a study can be spread over several sessions:
+
+  probe  memorise a few training images (full batch, no augmentation) for a fixed number of steps: the fastest test
+         of an optimiser or architecture pathology. Records the loss every step next to the mean-map loss of the
+         same images, per-layer gradient norms, and per-layer "image information" (the share of a feature's
+         variance that varies between images) and dead-ReLU fractions at the end.
+  curve  train on the whole synthetic training set with the toolkit's real loop pieces, evaluate 2D NME on the
+         synthetic AFLW2000-format test set every few minutes of wall-clock time (the mean-face NME beside it);
+         resumable mid-run (--resume keeps the checkpoint after every evaluation).
+
+    python -m benchmarks.convergence probes --set core          # the probe table (minutes each on 2 CPU cores)
+    python -m benchmarks.convergence curve --model e2tkface --minutes 60 --resume
+    python -m benchmarks.convergence report                      # writes results/convergence.md from the JSONs
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_WORK = Path("savedmodel") / "convergence"
+DATA_WORK = Path("savedmodel") / "rotation_study_data"           # the rotation study's synthetic data, shared
+
+
+# ------------------------------------------------------------------------------------------------ data
+def study_data(train_count: int = 800, test_count: int = 120, seed: int = 0) -> tuple[Path, Path]:
+    """(processed training folder, raw AFLW2000-format test folder), synthesised once and reused."""
+    from benchmarks.rotation_study import make_data
+    from faceutil.morphable import load_model
+
+    return make_data(DATA_WORK, train_count, test_count, seed, load_model("synthetic"))
+
+
+def memorise_batch(train_root: Path, count: int):
+    """The first `count` training samples as one batch: (images (N, 3, 256, 256), posmaps / 280 (N, 3, 256, 256))."""
+    import torch
+
+    from data.dataset import PosmapDataset
+    from data.index import read_index
+
+    ds = PosmapDataset(train_root, read_index(train_root)[:count], augment=False)
+    items = [ds[i] for i in range(len(ds))]
+    return torch.stack([it["image"] for it in items]), torch.stack([it["posmap"] for it in items])
+
+
+# ------------------------------------------------------------------------------------------------ diagnostics
+def layer_groups(model) -> list[tuple[str, object]]:
+    """(name, module) of the blocks whose gradients and features are tracked, input to output."""
+    groups = [("encoder", model.encoder)]
+    if hasattr(model, "neck"):
+        groups += [(f"neck.stage{i}", s) for i, s in enumerate(model.neck.stages)]
+        groups.append(("global", model.global_layer))
+    groups += [(f"decoder.{i}", layer) for i, layer in enumerate(model.decoder.layers)]
+    return groups
+
+
+def grad_norms(groups) -> dict:
+    """{group: [gradient L2 norm, weight L2 norm]} of each group's parameters (run_probe appends the relative
+    size of the optimiser step, ||w_after - w_before|| / ||w_before||)."""
+    out = {}
+    for name, module in groups:
+        g = w = 0.0
+        for p in module.parameters():
+            w += float(p.detach().float().square().sum())
+            if p.grad is not None:
+                g += float(p.grad.detach().float().square().sum())
+        out[name] = [math.sqrt(g), math.sqrt(w)]
+    return out
+
+
+def tensor_stats(t) -> dict:
+    """{"image_info": mean variance across images / mean variance per channel over (images, positions),
+    "dead": share of channels <= 0 everywhere} of a (B, C, H, W) or (B, C, L) tensor."""
+    t = t.detach().float()
+    t = t.reshape(t.shape[0], t.shape[1], -1)                              # (B, C, L)
+    between = t.var(dim=0).mean()                                          # variance across images, per element
+    per_channel = t.transpose(0, 1).reshape(t.shape[1], -1)
+    dead = (per_channel.amax(dim=1) <= 0).float().mean()
+    return {"image_info": float(between / per_channel.var(dim=1).mean().clamp_min(1e-20)), "dead": float(dead)}
+
+
+def feature_stats(model, x, groups) -> dict:
+    """{group: {"image_info": share of the output's variance that differs between images, "dead": share of
+    channels that are <= 0 everywhere}} for one forward pass in training mode (what the loss sees)."""
+    import torch
+
+    stats, hooks = {}, []
+
+    def hook(name):
+        def fn(_module, _inputs, output):
+            stats[name] = tensor_stats(output)
+        return fn
+
+    for name, module in groups:
+        hooks.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------ probes
+PROBE_DEFAULTS = {"model": "e2tkface", "encoder": "cnn", "width_mult": 0.5, "input_size": 128, "head": "published",
+                  "lr": 1e-4, "warmup": 0, "weight_decay": 2e-4, "decay_norm_bias": True, "optimizer": "adam",
+                  "steps": 150, "images": 16, "precision": "bf16", "seed": 0}
+
+
+def probe_name(spec: dict) -> str:
+    """A file name that names every setting differing from PROBE_DEFAULTS."""
+    parts = [spec["model"]]
+    for key in sorted(spec):
+        if key != "model" and spec[key] != PROBE_DEFAULTS.get(key):
+            parts.append(f"{key}={spec[key]}")
+    return "__".join(parts).replace("/", "_")
+
+
+def build_probe_model(spec: dict):
+    from model.registry import build_model
+
+    kwargs = {"input_size": spec["input_size"], "head": spec["head"]}
+    if spec["model"] == "e2tkface":
+        kwargs.update(encoder=spec["encoder"], width_mult=spec["width_mult"])
+    return build_model(spec["model"], **kwargs)
+
+
+def make_optimizer(model, spec: dict):
+    """Adam (L2 in the gradient, as published) or AdamW; weight decay on BatchNorm/LayerNorm/bias or not."""
+    import torch
+
+    from engine.optim import parameter_groups
+
+    groups = parameter_groups(model, spec["weight_decay"], spec["decay_norm_bias"])
+    cls = torch.optim.AdamW if spec["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(groups, lr=spec["lr"])
+
+
+def run_probe(spec: dict, batch) -> dict:
+    """Memorise `batch` (images, posmaps / 280) with the probe's settings; returns the record."""
+    import torch
+
+    from engine.optim import warmup_factor
+    from engine.train import seed_everything, uv_tables
+    from model.device import autocast_context
+    from model.loss import WeightedPosmapLoss
+
+    weight_mask = uv_tables("synthetic")[0]
+    x, y = batch
+    x, y = x[:spec["images"]], y[:spec["images"]]
+    seed_everything(spec["seed"])
+    model = build_probe_model(spec)
+    if spec["head"] == "mean-residual":
+        model.io.set_mean_posmap(y.mean(0).permute(1, 2, 0).numpy() * 280.0)
+    loss_fn = WeightedPosmapLoss(weight_mask)
+    mean_loss = float(loss_fn(y.mean(0, keepdim=True).expand_as(y), y))
+    optimizer = make_optimizer(model, spec)
+    groups = layer_groups(model)
+    losses, norms, start = [], {}, time.perf_counter()
+    model.train()
+    for step in range(spec["steps"]):
+        for g in optimizer.param_groups:
+            g["lr"] = spec["lr"] * warmup_factor(step, spec["warmup"])
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context("cpu", spec["precision"]):
+            out = model(x)
+        loss = loss_fn(out.float(), y)
+        loss.backward()
+        tracked = step in (0, 9, 49) or step == spec["steps"] - 1
+        if tracked:
+            norms[step + 1] = grad_norms(groups)
+            before = [[p.detach().clone() for p in m.parameters()] for _, m in groups]
+        optimizer.step()
+        if tracked:                                 # relative size of the step each group just took
+            for (name, m), old in zip(groups, before):
+                moved = sum(float((p.detach() - q).float().square().sum()) for p, q in zip(m.parameters(), old))
+                norms[step + 1][name].append(math.sqrt(moved) / max(norms[step + 1][name][1], 1e-20))
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            break
+    return {"spec": spec, "mean_map_loss": mean_loss, "losses": losses, "grad_norms": norms,
+            "features": {**feature_stats(model, x, groups), "target": tensor_stats(y)}, "seconds": round(time.perf_counter() - start, 1),
+            "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_line()}
+
+
+_NETS = (("prnet", "cnn"), ("e2tkface", "cnn"))
+PROBE_SETS = {
+    # the published recipe and its learning-rate range, for each network
+    "lr": [dict(model=m, encoder=e, lr=lr) for m, e in _NETS for lr in (1e-4, 5e-4, 2e-3)],
+    # the head that starts at the mean position map, same learning rates
+    "head": [dict(model=m, encoder=e, lr=lr, head="mean-residual") for m, e in _NETS for lr in (1e-4, 5e-4, 2e-3)],
+    # warm-up and weight decay on norms / biases, at the learning rates that collapse
+    "warmup": [dict(model=m, encoder=e, lr=lr, head="mean-residual", warmup=50) for m, e in _NETS
+               for lr in (5e-4, 2e-3)],
+    "decay": [dict(model=m, encoder=e, lr=5e-4, head="mean-residual", decay_norm_bias=False) for m, e in _NETS],
+    # the equivariant encoders
+    "encoders": [dict(encoder=e, lr=lr, head=h) for e in ("aligned", "faithful") for lr in (1e-4, 5e-4)
+                 for h in ("published", "mean-residual")],
+}
+
+
+def probe_specs(name: str) -> list[dict]:
+    return [{**PROBE_DEFAULTS, **s} for s in PROBE_SETS[name]]
+
+
+def machine_line() -> str:
+    import torch
+
+    return (f"{platform.node() or 'host'}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def cmd_probes(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) / "probes"
+    out.mkdir(parents=True, exist_ok=True)
+    train_root, _ = study_data()
+    batch = memorise_batch(train_root, 16)
+    specs = probe_specs(args.set) if args.set else [{**PROBE_DEFAULTS, **json.loads(args.spec)}]
+    for spec in specs:
+        path = out / (probe_name(spec) + ".json")
+        if path.is_file() and not args.force:
+            print(f"done already: {path.name}", flush=True)
+            continue
+        record = run_probe(spec, batch)
+        _write_json(path, record)
+        tail = np.mean(record["losses"][-10:])
+        print(f"{path.name}: loss {record['losses'][0]:.4f} -> {tail:.4f} (mean map {record['mean_map_loss']:.4f}), "
+              f"{record['seconds']} s", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ learning curves
+CURVE_DEFAULTS = {"model": "e2tkface", "encoder": "aligned", "width_mult": 0.5, "input_size": 128,
+                  "head": "mean-residual", "lr": 1e-4, "warmup": 0, "schedule": "exp", "lr_decay": 0.8,
+                  "decay_norm_bias": True, "epochs": 100, "minutes": 60.0, "batch": 16, "precision": "bf16",
+                  "augment": True, "rotation": False, "seed": 0, "eval_minutes": 3.0}
+
+
+def curve_config(spec: dict, train_root: Path, run_dir: Path, time_limit: float):
+    """The toolkit Config of a learning-curve run (the real training loop, engine.train.run_training)."""
+    from config import Config
+
+    return Config(train=True, test=False, train_dir=str(train_root), model=spec["model"], encoder=spec["encoder"],
+                  model_kwargs={"width_mult": spec["width_mult"]} if spec["model"] == "e2tkface" else {},
+                  head=spec["head"], input_size=spec["input_size"], epochs=spec["epochs"], batch_size=spec["batch"],
+                  lr=spec["lr"], warmup_steps=spec["warmup"], lr_schedule=spec["schedule"],
+                  lr_decay=spec["lr_decay"], decay_norm_bias=spec["decay_norm_bias"], augment=spec["augment"],
+                  augment_rotation=spec["rotation"], precision=spec["precision"], seed=spec["seed"], device="cpu",
+                  num_workers=0, out=str(run_dir), progress=False, bfm="synthetic", time_limit=time_limit,
+                  resume="auto" if (run_dir / "last.pth").is_file() else None)
+
+
+def evaluate_nme(model, items: list, kpt_ind, batch: int = 16) -> float:
+    """Mean 68-point 2D NME (%) of `model` (eval mode, fp32) on AFLWEvalSet items."""
+    from engine.evaluate import evaluate_model
+
+    was_training = model.training
+    report = evaluate_model(model, items, kpt_ind, None, "cpu", batch)
+    model.train(was_training)
+    return float(np.mean(report.nme2d))
+
+
+def cmd_curve(args) -> None:
+    """One learning curve: train with run_training, evaluate test NME every --eval-minutes of training time."""
+    import torch
+
+    from data.dataset import AFLWEvalSet
+    from engine.checkpoint import load_checkpoint, load_weights
+    from engine.evaluate import MeanPosmapModel
+    from engine.train import default_factory, run_training, uv_tables
+
+    torch.set_num_threads(args.threads)
+    spec = {**CURVE_DEFAULTS, **json.loads(args.spec)}
+    label = args.label or probe_name(spec).replace("e2tkface", "e2tkface-" + spec["encoder"])
+    folder = Path(args.out) / "curves" / label
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "curve.json"
+    train_root, test_raw = study_data()
+    _, kpt_ind, _ = uv_tables("synthetic")
+    test = AFLWEvalSet(test_raw)
+    items = [test[i] for i in range(len(test))]
+    curve = json.loads(path.read_text()) if path.is_file() else None
+    if curve is not None and curve["spec"] != spec:
+        raise SystemExit(f"{path} was made with other settings ({curve['spec']}); use another --label.")
+    if curve is None:
+        curve = {"spec": spec, "label": label, "points": [], "machine": machine_line(),
+                 "started": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                 "mean_face_nme2d": evaluate_nme(MeanPosmapModel(train_root), items, kpt_ind)}
+        _write_json(path, curve)
+    run_dir = folder / "run"
+    spent = sum(p_["train_seconds"] for p_ in curve["points"]) / 60.0 if curve["points"] else 0.0
+    history = []
+    if (run_dir / "last.pth").is_file():
+        history = load_checkpoint(run_dir / "last.pth").get("history", [])
+        spent = sum(h.get("train_seconds", 0.0) for h in history) / 60.0
+    if spent >= spec["minutes"] or (history and history[-1]["epoch"] >= spec["epochs"]):
+        print(f"{label}: done ({spent:.1f} training minutes)", flush=True)
+        return
+    if history and (not curve["points"] or curve["points"][-1]["epoch"] < history[-1]["epoch"]):
+        ck = load_checkpoint(run_dir / "last.pth")           # killed between checkpoint and curve point
+        model = default_factory(ck["model_name"], **ck["model_kwargs"])
+        load_weights(model, ck, run_dir / "last.pth")
+        _add_point(curve, path, model, history[-1], spent, items, kpt_ind)
+    state = {"minutes": spent, "next": (math.floor(spent / spec["eval_minutes"]) + 1) * spec["eval_minutes"]}
+
+    def on_epoch(model, record):
+        state["minutes"] += record["train_seconds"] / 60.0
+        last = state["minutes"] >= spec["minutes"] or record["epoch"] >= spec["epochs"] or record.get("stopped_early")
+        if state["minutes"] >= state["next"] or last:
+            _add_point(curve, path, model, record, state["minutes"], items, kpt_ind)
+            state["next"] = (math.floor(state["minutes"] / spec["eval_minutes"]) + 1) * spec["eval_minutes"]
+
+    run_training(curve_config(spec, train_root, run_dir, spec["minutes"] - spent), on_epoch=on_epoch)
+
+
+def _add_point(curve: dict, path: Path, model, record: dict, minutes: float, items, kpt_ind) -> None:
+    nme2d = evaluate_nme(model, items, kpt_ind)
+    curve["points"].append({"epoch": record["epoch"], "step": record.get("step"), "minutes": round(minutes, 2),
+                            "train_loss": record["train_loss"], "val_loss": record.get("val_loss"),
+                            "nme2d": nme2d, "train_seconds": record.get("train_seconds", 0.0)})
+    curve["updated"] = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    _write_json(path, curve)
+    print(f"{curve['label']}: {minutes:.1f} min, epoch {record['epoch']}: test 2D NME {nme2d:.2f} % "
+          f"(mean face {curve['mean_face_nme2d']:.2f} %)", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def verdict(record: dict) -> str:
+    """What a memorisation probe shows, from its last 10 losses against the mean-map loss of the same images."""
+    end, ref = float(np.mean(record["losses"][-10:])), record["mean_map_loss"]
+    if not math.isfinite(end):
+        return "diverged"
+    if end < 0.25 * ref:
+        return "memorises"
+    if end < 0.9 * ref:
+        return "learns"
+    if end < 1.1 * ref:
+        return "stays on the mean"
+    return "stuck above the mean"
+
+
+def probe_rows(records: list) -> list[str]:
+    rows = ["| network | head | lr | warm-up | decay on norm/bias | loss @25 | @50 | @100 | end | end / mean-map loss "
+            "| verdict | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        sp, L = r["spec"], r["losses"]
+        net = sp["model"] if sp["model"] == "prnet" else f"E2TKFace {sp['encoder']} ×{sp['width_mult']}"
+        end = float(np.mean(L[-10:]))
+        at = [f"{L[i]:.4f}" if i < len(L) else "-" for i in (24, 49, 99)]
+        rows.append(f"| {net} | {sp['head']} | {sp['lr']:g} | {sp['warmup']} | {'yes' if sp['decay_norm_bias'] else 'no'} "
+                    f"| {' | '.join(at)} | {end:.4f} | {end / r['mean_map_loss']:.2f} | {verdict(r)} | {r['seconds']:.0f} |")
+    return rows
+
+
+def step_size_rows(records: list, step: str) -> list[str]:
+    """Relative optimiser step ||dw|| / ||w|| per layer group at `step` (groups summarised to a few columns)."""
+    cols = ("encoder", "neck.stage0", "neck.stage1", "global", "decoder.0", "decoder.4", "decoder.10", "decoder.14",
+            "decoder.16")
+    rows = ["| network | head | lr | " + " | ".join(cols) + " | output image share |",
+            "|---|---|---|" + "---|" * len(cols) + "---|"]
+    for r in records:
+        g = r["grad_norms"].get(step)
+        if g is None or len(next(iter(g.values()))) < 3:
+            continue
+        sp = r["spec"]
+        net = sp["model"] if sp["model"] == "prnet" else f"E2TKFace {sp['encoder']}"
+        cells = [f"{g[c][2]:.1e}" if c in g else "-" for c in cols]
+        share = r["features"].get("decoder.16", {}).get("image_info", float("nan"))
+        rows.append(f"| {net} | {sp['head']} | {sp['lr']:g} | " + " | ".join(cells) + f" | {share:.2f} |")
+    return rows
+
+
+def draw_curves(curves: list, path: Path) -> Path:
+    """Test NME vs training minutes, one line per curve, the mean-face NME dashed; OpenCV only."""
+    import cv2
+
+    w, h, m = 760, 440, 60
+    img = np.full((h, w, 3), 255, np.uint8)
+    pts_all = [(p["minutes"], p["nme2d"]) for c in curves for p in c["points"]]
+    refs = [c["mean_face_nme2d"] for c in curves]
+    xmax = max([x for x, _ in pts_all] + [1.0])
+    ymax = 1.1 * max([y for _, y in pts_all] + refs + [1.0])
+    x0, y0, x1, y1 = m, 20, w - 20, h - 60
+    font = cv2.FONT_HERSHEY_SIMPLEX
+
+    def xy(x, y):
+        return int(round(x0 + (x1 - x0) * x / xmax)), int(round(y1 - (y1 - y0) * min(y, ymax) / ymax))
+
+    cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
+    for k in range(6):
+        x, y = xmax * k / 5, ymax * k / 5
+        cv2.putText(img, f"{x:.0f}", (xy(x, 0)[0] - 8, y1 + 18), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, f"{y:.0f}", (x0 - 35, xy(0, y)[1] + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "2-core CPU training minutes", (x0 + 230, y1 + 40), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "NME %", (5, y0 + 10), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    palette = [(200, 60, 20), (40, 40, 200), (30, 160, 30), (20, 120, 230), (150, 50, 150)]
+    for k, c in enumerate(curves):
+        colour = palette[k % len(palette)]
+        ref = c["mean_face_nme2d"]
+        for xs in np.arange(0, xmax, xmax / 60)[::2]:                  # dashed mean-face line
+            cv2.line(img, xy(xs, ref), xy(min(xs + xmax / 60, xmax), ref), colour, 1, cv2.LINE_AA)
+        pts = [xy(p["minutes"], p["nme2d"]) for p in c["points"]]
+        for u, v in zip(pts[:-1], pts[1:]):
+            cv2.line(img, u, v, colour, 2, cv2.LINE_AA)
+        for u in pts:
+            cv2.circle(img, u, 3, colour, -1, cv2.LINE_AA)
+        cv2.putText(img, c["label"][:60], (x0 + 10, y0 + 18 + 18 * k), font, 0.45, colour, 1, cv2.LINE_AA)
+    cv2.putText(img, "dashed: mean-face NME", (x1 - 200, y0 + 18), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    ok, data = cv2.imencode(".png", img)
+    from faceutil.sampleio import atomic_write_bytes
+
+    atomic_write_bytes(path, data.tobytes())
+    return path
+
+
+def _write_json(path: Path, data) -> None:
+    from faceutil.sampleio import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("probes", help="memorisation probes")
+    pr.add_argument("--set", choices=sorted(PROBE_SETS), help="a named list of probes")
+    pr.add_argument("--spec", default="{}", help="one probe: JSON overrides of PROBE_DEFAULTS")
+    pr.add_argument("--force", action="store_true", help="rerun probes that are done already")
+    cu = sub.add_parser("curve", help="one learning curve (resumable: rerun the same command to continue)")
+    cu.add_argument("--spec", default="{}", help="JSON overrides of CURVE_DEFAULTS")
+    cu.add_argument("--label", default=None, help="folder name under <out>/curves (default: from the settings)")
+    for s in (pr, cu):
+        s.add_argument("--out", default=str(DEFAULT_WORK))
+        s.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    {"probes": cmd_probes, "curve": cmd_curve}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
