@@ -155,7 +155,7 @@ class Config:
     weight_decay: float = 2e-4
     lr_decay: float = 0.8
     lr_schedule: str = "exp"
-    warmup_steps: int = 0
+    warmup_steps: int = 500
     decay_norm_bias: bool = True
     seed: int = 0
     time_limit: float = 0.0
@@ -180,7 +180,7 @@ class Config:
     bbox: str | None = None
     export_format: str | None = None
     # demo sizes
-    demo_train_count: int = 160
+    demo_train_count: int = 600
     demo_test_count: int = 40
     # flags the user gave explicitly (not saved; lets a checkpoint's model name win over a default)
     given: tuple = field(default=(), compare=False, repr=False)

@@ -7,12 +7,13 @@ soon as it ends, so a rerun skips what is done and a study can be spread over se
          of an optimiser or architecture pathology. Records the loss every step next to the mean-map loss of the
          same images, per-layer gradient norms, and per-layer "image information" (the share of a feature's
          variance that varies between images) and dead-ReLU fractions at the end.
-  curve  train on the whole synthetic training set with the toolkit's real loop pieces, evaluate 2D NME on the
-         synthetic AFLW2000-format test set every few minutes of wall-clock time (the mean-face NME beside it);
-         resumable mid-run (--resume keeps the checkpoint after every evaluation).
+  curve  train on the whole synthetic training set with the toolkit's training loop (engine.train.run_training),
+         evaluate 2D NME on the synthetic AFLW2000-format test set every few minutes of training time (the mean-face
+         NME beside it); a checkpoint after every epoch, so `--resume` continues an interrupted run.
 
-    python -m benchmarks.convergence probes --set core          # the probe table (minutes each on 2 CPU cores)
-    python -m benchmarks.convergence curve --model e2tkface --minutes 60 --resume
+    python -m benchmarks.convergence probes --set lr             # one probe table (about a minute a probe on 2 cores)
+    python -m benchmarks.convergence curve --label e2tkface-aligned \
+        --spec '{"lr": 5e-4, "warmup": 100, "schedule": "cosine", "epochs": 170, "minutes": 60}' [--resume]
     python -m benchmarks.convergence report                      # writes results/convergence.md from the JSONs
 """
 from __future__ import annotations
@@ -82,13 +83,15 @@ def grad_norms(groups) -> dict:
 
 def tensor_stats(t) -> dict:
     """{"image_info": mean variance across images / mean variance per channel over (images, positions),
-    "dead": share of channels <= 0 everywhere} of a (B, C, H, W) or (B, C, L) tensor."""
+    "dead": share of channels <= 0 everywhere, "saturated": share of values with |v| > 0.99 (for the published
+    head's tanh output)} of a (B, C, H, W) or (B, C, L) tensor."""
     t = t.detach().float()
     t = t.reshape(t.shape[0], t.shape[1], -1)                              # (B, C, L)
     between = t.var(dim=0).mean()                                          # variance across images, per element
     per_channel = t.transpose(0, 1).reshape(t.shape[1], -1)
     dead = (per_channel.amax(dim=1) <= 0).float().mean()
-    return {"image_info": float(between / per_channel.var(dim=1).mean().clamp_min(1e-20)), "dead": float(dead)}
+    return {"image_info": float(between / per_channel.var(dim=1).mean().clamp_min(1e-20)), "dead": float(dead),
+            "saturated": float((t.abs() > 0.99).float().mean())}
 
 
 def feature_stats(model, x, groups) -> dict:
@@ -117,7 +120,7 @@ def feature_stats(model, x, groups) -> dict:
 # ------------------------------------------------------------------------------------------------ probes
 PROBE_DEFAULTS = {"model": "e2tkface", "encoder": "cnn", "width_mult": 0.5, "input_size": 128, "head": "published",
                   "lr": 1e-4, "warmup": 0, "weight_decay": 2e-4, "decay_norm_bias": True, "optimizer": "adam",
-                  "steps": 150, "images": 16, "precision": "bf16", "seed": 0}
+                  "steps": 150, "images": 16, "precision": "bf16", "seed": 0, "tail_relu": True}
 
 
 def probe_name(spec: dict) -> str:
@@ -130,12 +133,20 @@ def probe_name(spec: dict) -> str:
 
 
 def build_probe_model(spec: dict):
+    """The probe's network; spec "tail_relu": False drops the ReLU of the two 3-channel decoder layers before the
+    output layer (an ablation of the published 3-channel bottleneck, probes only)."""
+    from torch import nn
+
     from model.registry import build_model
 
     kwargs = {"input_size": spec["input_size"], "head": spec["head"]}
     if spec["model"] == "e2tkface":
         kwargs.update(encoder=spec["encoder"], width_mult=spec["width_mult"])
-    return build_model(spec["model"], **kwargs)
+    model = build_model(spec["model"], **kwargs)
+    if not spec.get("tail_relu", True):
+        for layer in model.decoder.layers[-3:-1]:
+            layer.act = nn.Identity()
+    return model
 
 
 def make_optimizer(model, spec: dict):
@@ -206,6 +217,10 @@ PROBE_SETS = {
     "warmup": [dict(model=m, encoder=e, lr=lr, head="mean-residual", warmup=50) for m, e in _NETS
                for lr in (5e-4, 2e-3)],
     "decay": [dict(model=m, encoder=e, lr=5e-4, head="mean-residual", decay_norm_bias=False) for m, e in _NETS],
+    # between the learning rates that memorise and the one that stays on the mean
+    "lr-fine": [dict(model=m, encoder=e, lr=1e-3, head="mean-residual") for m, e in _NETS],
+    # the floor both networks reach: without the ReLU of the 3-channel bottleneck before the output
+    "tail": [dict(model=m, encoder=e, head="mean-residual", tail_relu=False) for m, e in _NETS],
     # the equivariant encoders
     "encoders": [dict(encoder=e, lr=lr, head=h) for e in ("aligned", "faithful") for lr in (1e-4, 5e-4)
                  for h in ("published", "mean-residual")],
@@ -295,6 +310,8 @@ def cmd_curve(args) -> None:
     test = AFLWEvalSet(test_raw)
     items = [test[i] for i in range(len(test))]
     curve = json.loads(path.read_text()) if path.is_file() else None
+    if curve is not None and not args.resume:
+        raise SystemExit(f"{path} exists: pass --resume to continue that run, or another --label.")
     if curve is not None and curve["spec"] != spec:
         raise SystemExit(f"{path} was made with other settings ({curve['spec']}); use another --label.")
     if curve is None:
@@ -355,15 +372,19 @@ def verdict(record: dict) -> str:
 
 
 def probe_rows(records: list) -> list[str]:
-    rows = ["| network | head | lr | warm-up | decay on norm/bias | loss @25 | @50 | @100 | end | end / mean-map loss "
-            "| verdict | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| network | head | lr | warm-up | decay on norm/bias | steps | loss @25 | @50 | @100 | end | end / mean-map "
+            "loss | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         sp, L = r["spec"], r["losses"]
-        net = sp["model"] if sp["model"] == "prnet" else f"E2TKFace {sp['encoder']} ×{sp['width_mult']}"
+        net = "PRNet" if sp["model"] == "prnet" else f"E2TKFace {sp['encoder']} ×{sp['width_mult']}"
+        if sp["input_size"] != PROBE_DEFAULTS["input_size"]:
+            net += f", {sp['input_size']} px"
+        if not sp.get("tail_relu", True):
+            net += ", no ReLU in the 3-ch tail"
         end = float(np.mean(L[-10:]))
         at = [f"{L[i]:.4f}" if i < len(L) else "-" for i in (24, 49, 99)]
         rows.append(f"| {net} | {sp['head']} | {sp['lr']:g} | {sp['warmup']} | {'yes' if sp['decay_norm_bias'] else 'no'} "
-                    f"| {' | '.join(at)} | {end:.4f} | {end / r['mean_map_loss']:.2f} | {verdict(r)} | {r['seconds']:.0f} |")
+                    f"| {len(L)} | {' | '.join(at)} | {end:.4f} | {end / r['mean_map_loss']:.2f} | {verdict(r)} |")
     return rows
 
 
@@ -371,17 +392,16 @@ def step_size_rows(records: list, step: str) -> list[str]:
     """Relative optimiser step ||dw|| / ||w|| per layer group at `step` (groups summarised to a few columns)."""
     cols = ("encoder", "neck.stage0", "neck.stage1", "global", "decoder.0", "decoder.4", "decoder.10", "decoder.14",
             "decoder.16")
-    rows = ["| network | head | lr | " + " | ".join(cols) + " | output image share |",
-            "|---|---|---|" + "---|" * len(cols) + "---|"]
+    rows = ["| network | head | lr | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
     for r in records:
         g = r["grad_norms"].get(step)
         if g is None or len(next(iter(g.values()))) < 3:
             continue
         sp = r["spec"]
-        net = sp["model"] if sp["model"] == "prnet" else f"E2TKFace {sp['encoder']}"
-        cells = [f"{g[c][2]:.1e}" if c in g else "-" for c in cols]
-        share = r["features"].get("decoder.16", {}).get("image_info", float("nan"))
-        rows.append(f"| {net} | {sp['head']} | {sp['lr']:g} | " + " | ".join(cells) + f" | {share:.2f} |")
+        net = "PRNet" if sp["model"] == "prnet" else f"E2TKFace {sp['encoder']}"
+        cells = [("from 0" if g[c][1] == 0 else f"{g[c][2]:.1e}") if c in g else "-" for c in cols]
+        lr = f"{sp['lr']:g}" + (f", warm-up {sp['warmup']}" if sp["warmup"] else "")
+        rows.append(f"| {net} | {sp['head']} | {lr} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -428,6 +448,71 @@ def draw_curves(curves: list, path: Path) -> Path:
     return path
 
 
+PROBE_ORDER = ("lr", "head", "lr-fine", "warmup", "decay", "tail", "encoders")
+
+
+def cmd_report(args) -> None:
+    """benchmarks/results/convergence.md (+ .json, .png) from every finished probe and curve under --out."""
+    out = Path(args.out)
+    records = {}
+    for path in sorted((out / "probes").glob("*.json")):
+        r = json.loads(path.read_text())
+        records[probe_name(r["spec"])] = r
+    sections, used = [], set()
+    for name in PROBE_ORDER:
+        rows = [records[probe_name(sp)] for sp in probe_specs(name) if probe_name(sp) in records]
+        if rows:
+            sections.append((name, rows))
+            used.update(probe_name(r["spec"]) for r in rows)
+    extra = [r for k, r in records.items() if k not in used]
+    if extra:
+        sections.append(("other", extra))
+    curves = [json.loads(p.read_text()) for p in sorted((out / "curves").glob("*/curve.json"))]
+    curves = [c for c in curves if c["points"]]
+    md = ["# Convergence: why the networks stayed on the mean face, and what makes them learn", "",
+          f"Generated {_dt.datetime.now():%Y-%m-%d %H:%M} by `python -m benchmarks.convergence report` from the "
+          f"runs under `{out}`; each run's JSON names its machine and date. Machine of this report: {machine_line()}.",
+          "", "Data: the synthetic face model's 300W-LP-format training set (800 images) and AFLW2000-format test set "
+          "(120 images), `benchmarks.rotation_study.make_data(seed 0)`; weighted position-map loss (PRNet's mask).", ""]
+    if args.findings and Path(args.findings).is_file():
+        md += [Path(args.findings).read_text().rstrip(), ""]
+    md += ["## Memorisation probes", "",
+           "Command: `python -m benchmarks.convergence probes --set NAME` (NAME: " + ", ".join(PROBE_ORDER) + "). "
+           "Each probe trains on the same 16 training crops as one full batch, no augmentation, for "
+           f"{PROBE_DEFAULTS['steps']} Adam steps; unless the row says otherwise: "
+           + ", ".join(f"{k} {v}" for k, v in PROBE_DEFAULTS.items() if k not in ("steps",)) + ". "
+           "'end' is the mean of the last 10 losses; the mean-map loss (predicting the 16 images' own mean position "
+           "map) is the line to beat. Verdicts: memorises < 0.25 x mean-map loss, learns < 0.9 x, stays on the "
+           "mean 0.9-1.1 x, stuck above > 1.1 x.", ""]
+    for name, rows in sections:
+        md += [f"### {name}", ""] + probe_rows(rows) + [""]
+    for step in ("1", "10"):
+        steps_rows = step_size_rows([r for _, rows in sections for r in rows], step)
+        if len(steps_rows) > 2:
+            md += [f"### Relative optimiser step per layer group at step {step}", "",
+                   f"||w_after - w_before|| / ||w_before|| of each group's parameters for the step Adam took at step "
+                   f"{step} (decoder.16 is the output layer; the mean-residual head starts it at zero)." , ""] + steps_rows + [""]
+    if curves:
+        md += ["## Learning curves", "", "Command: `python -m benchmarks.convergence curve --spec JSON` (resumable: "
+               "the same command continues a run). 68-point 2D NME (%) on the 120 synthetic AFLW2000-format test "
+               "images against minutes of 2-core CPU training (evaluation time excluded); the dashed line of the "
+               "plot is the mean-face NME. ![learning curves](convergence.png)", ""]
+        for c in curves:
+            sp = c["spec"]
+            md += [f"### {c['label']}", "", "Settings: " + ", ".join(f"{k} {v}" for k, v in sp.items()) +
+                   f". Started {c['started']}, last point {c.get('updated', '-')}; {c['machine']}.", "",
+                   f"Mean-face reference: {c['mean_face_nme2d']:.2f} %.", "",
+                   "| minutes | epoch | step | train loss | test 2D NME % | / mean face |", "|---|---|---|---|---|---|"]
+            md += [f"| {p_['minutes']:.1f} | {p_['epoch']} | {p_['step']} | {p_['train_loss']:.4f} | "
+                   f"{p_['nme2d']:.2f} | {p_['nme2d'] / c['mean_face_nme2d']:.2f} |" for p_ in c["points"]] + [""]
+        draw_curves(curves, RESULTS_DIR / "convergence.png")
+    from faceutil.sampleio import atomic_write_bytes
+
+    atomic_write_bytes(RESULTS_DIR / "convergence.md", ("\n".join(md) + "\n").encode("utf-8"))
+    _write_json(RESULTS_DIR / "convergence.json", {"probes": list(records.values()), "curves": curves})
+    print(f"wrote {RESULTS_DIR / 'convergence.md'}", flush=True)
+
+
 def _write_json(path: Path, data) -> None:
     from faceutil.sampleio import atomic_write_bytes
 
@@ -444,7 +529,11 @@ def parse_args(argv=None):
     cu = sub.add_parser("curve", help="one learning curve (resumable: rerun the same command to continue)")
     cu.add_argument("--spec", default="{}", help="JSON overrides of CURVE_DEFAULTS")
     cu.add_argument("--label", default=None, help="folder name under <out>/curves (default: from the settings)")
-    for s in (pr, cu):
+    cu.add_argument("--resume", action="store_true", help="continue the run saved under this label")
+    rp = sub.add_parser("report", help="write results/convergence.md from the finished runs")
+    rp.add_argument("--findings", default=str(RESULTS_DIR / "convergence_findings.md"),
+                    help="a markdown file of conclusions placed at the top of the report")
+    for s in (pr, cu, rp):
         s.add_argument("--out", default=str(DEFAULT_WORK))
         s.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
@@ -452,7 +541,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    {"probes": cmd_probes, "curve": cmd_curve}[args.command](args)
+    {"probes": cmd_probes, "curve": cmd_curve, "report": cmd_report}[args.command](args)
     return 0
 
 

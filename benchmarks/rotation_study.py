@@ -17,8 +17,8 @@ per angle and per yaw bin); repeats over seeds and reports mean ± std. Run from
 Notes. Training here is a fixed-step loop (Adam, constant lr, the project's WeightedPosmapLoss), not
 engine.train.run_training (epoch-based), so every model gets exactly the same number of optimiser steps; BatchNorm
 statistics are then refreshed over un-augmented training crops (as engine.demo does) before evaluation.
-data.augment has no rotation switch, so the no-rotation variant is `augment_without_rotation` below: it draws the
-same random numbers in the same order as data.augment.augment and skips only the rotation. build_model("prnet") has
+The no-rotation variant is data.augment.augment(rotation=False) (the same random draws, the rotation skipped).
+--size and --head are the toolkit's --input-size and --head (model.head.PosmapIO). build_model("prnet") has
 no width argument, so PRNet always runs at full width (13.35 M parameters) whatever --width-mult says.
 The report includes a reference row, the mean training position map predicted for every image (18.8 % NME at 0 deg
 on the 800/120-image data): short runs do not beat it (2026-11-25, CPU, plain-CNN encoder, size 128, width 0.5,
@@ -61,66 +61,6 @@ SMOKE = {"steps": 1, "batch": 2, "width_mult": MIN_WIDTH, "train_count": 4, "tes
          "size": 128}
 COLOURS_BGR = {"E2TKFace faithful": (200, 60, 20), "E2TKFace aligned": (30, 160, 30),
                "E2TKFace CNN": (20, 120, 230), "PRNet": (40, 40, 200)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# training augmentation without its rotation
-# ----------------------------------------------------------------------------------------------------------------
-def augment_without_rotation(image: np.ndarray, posmap: np.ndarray,
-                             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """data.augment.augment minus the in-plane rotation: same draws, same order, so only the rotation differs.
-
-    image: (256, 256, 3) uint8 RGB crop; posmap: (256, 256, 3) float32 crop px. Returns new (image, posmap).
-    """
-    from data.augment import COLOUR_P, COLOUR_RANGE, ERASE_P, MAX_ANGLE_DEG, ROTATE_P, colour_scale, random_erase
-
-    do_colour = rng.random() < COLOUR_P
-    gains = rng.uniform(*COLOUR_RANGE, size=3)
-    rng.random() < ROTATE_P                          # noqa: B015 - the rotation decision, drawn and ignored
-    rng.uniform(-MAX_ANGLE_DEG, MAX_ANGLE_DEG)       # the rotation angle, drawn and ignored
-    do_erase = rng.random() < ERASE_P
-    erase_rng = np.random.default_rng(rng.integers(0, 2**63))
-    out_image = colour_scale(image, gains) if do_colour else image
-    if do_erase:
-        out_image = random_erase(out_image, erase_rng)
-    if out_image is image:
-        out_image = image.copy()
-    return out_image, np.array(posmap, dtype=np.float32, copy=True)
-
-
-class StudyTrainSet:
-    """Training samples of a processor output folder, augmented with or without rotation (torch Dataset protocol).
-
-    Seeding as data.dataset.PosmapDataset: sample i of epoch e draws from default_rng([seed, e, i]).
-    Item: {"image": (3, 256, 256) float32 [0, 1], "posmap": (3, 256, 256) float32 = posmap / 280, "index": int}.
-    """
-
-    accepts_epoch_tag = True
-
-    def __init__(self, root, names, rotation: bool, seed: int, augment: bool = True):
-        from data.dataset import PosmapDataset
-
-        self.base = PosmapDataset(root, names, augment=False)
-        self.rotation, self.seed, self.augment, self.epoch = bool(rotation), int(seed), bool(augment), 0
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __getitem__(self, key) -> dict:
-        from data.augment import augment
-        from data.dataset import image_tensor, posmap_tensor
-        from faceutil.sampleio import read_image
-
-        epoch, i = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
-        image = read_image(self.base.image_path(i))
-        posmap = np.array(self.base.posmap_array(i), dtype=np.float32)
-        if self.augment:
-            fn = augment if self.rotation else augment_without_rotation
-            image, posmap = fn(image, posmap, np.random.default_rng([self.seed, epoch, i]))
-        return {"image": image_tensor(image), "posmap": posmap_tensor(posmap), "index": i}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -167,78 +107,29 @@ class RotatedEvalSet:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# smaller input size (documented CPU budget option)
-# ----------------------------------------------------------------------------------------------------------------
-def _resized_class():
-    """ResizedNet, defined lazily so that importing this module does not import torch."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from faceutil.uv import POSMAP_SCALE
-
-    class ResizedNet(nn.Module):
-        """Runs `net` at size x size on the 256 crop; the contract outside stays (B, 3, 256, 256) -> posmap / 280.
-
-        The input crop is area-downsampled to `size`; the network's (B, 3, size, size) position map (crop px of
-        the small crop, / 280) is upsampled bilinearly to 256 and its coordinates mapped back to the 256 crop:
-        x, y: (p + 0.5) * 256 / size - 0.5 (pixel centres), z: * 256 / size. Training through this wrapper
-        compares the upsampled map with the full-size target, so data, loss mask and evaluation are unchanged.
-        """
-
-        def __init__(self, net: nn.Module, size: int):
-            super().__init__()
-            self.net, self.size = net, int(size)
-            f = 256.0 / self.size
-            self.register_buffer("gain", torch.full((1, 3, 1, 1), f), persistent=False)
-            self.register_buffer("shift", torch.tensor([0.5 * (f - 1.0), 0.5 * (f - 1.0), 0.0]).view(1, 3, 1, 1)
-                                 / POSMAP_SCALE, persistent=False)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            """x: (B, 3, 256, 256) -> (B, 3, 256, 256) position map / 280 of the 256 crop."""
-            small = F.interpolate(x, size=(self.size, self.size), mode="area")
-            y = self.net(small).float()
-            y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            return y * self.gain + self.shift
-
-        def export(self) -> "ResizedNet":
-            net = self.net.export() if hasattr(self.net, "export") else self.net
-            return ResizedNet(net, self.size).eval()
-
-    return ResizedNet
-
-
-def wrap_size(net, size: int):
-    """`net` itself at size 256, else ResizedNet(net, size)."""
-    return net if int(size) == 256 else _resized_class()(net, size)
-
-
-def default_topk(size: int) -> int:
-    """Top-K windows keeping the published fraction (4 of 16 windows per stage at 256): 1 of 4 at 128."""
-    return max(1, round(4 * (size / 256) ** 2))
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # one training run + evaluation
 # ----------------------------------------------------------------------------------------------------------------
-def model_kwargs(name: str, base: dict, width_mult: float, topk: int = 4) -> dict:
-    """Builder kwargs: width_mult and topk for e2tkface; PRNet's builder takes neither (it stays at full width)."""
-    return {**base, "width_mult": width_mult, "topk": topk} if name == "e2tkface" else dict(base)
+def model_kwargs(name: str, base: dict, width_mult: float, topk: int = 4, size: int = 256,
+                 head: str = "published") -> dict:
+    """Builder kwargs: input_size and head for both; width_mult and topk for e2tkface (PRNet stays at full width)."""
+    common = {"input_size": size, "head": head}
+    return {**base, "width_mult": width_mult, "topk": topk, **common} if name == "e2tkface" else {**base, **common}
 
 
 def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed: int, steps: int, batch: int,
                 lr: float, device, weight_mask: np.ndarray, minutes: float = 0.0, workers: int = 0,
-                size: int = 256, precision: str = "fp32"):
+                precision: str = "fp32"):
     """Train one network for `steps` optimiser steps (or until `minutes` pass, when > 0); BN refreshed after.
 
-    size: the network's input size (ResizedNet when < 256); precision: "fp32" or "bf16" autocast for training
-    (evaluation always runs in fp32).
+    kwargs: builder kwargs (input size and head included, see model_kwargs); precision: "fp32" or "bf16" autocast
+    for training (evaluation always runs in fp32).
 
     Returns (model in eval mode (exported when it offers export()), dict of run facts).
     """
     import torch
     from torch.optim.swa_utils import update_bn
 
+    from data.dataset import PosmapDataset
     from data.index import read_index
     from data.loader import build_loader
     from engine.train import seed_everything
@@ -247,9 +138,12 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     from model.registry import build_model
 
     seed_everything(seed)
-    model = wrap_size(build_model(name, **kwargs), size).to(device)
+    model = build_model(name, **kwargs)
     names = read_index(train_root)
-    dataset = StudyTrainSet(train_root, names, rotation=rotation, seed=seed)
+    dataset = PosmapDataset(train_root, names, augment=True, seed=seed, rotation=rotation)
+    if model.io.head == "mean-residual":
+        model.io.set_mean_posmap(dataset.mean_posmap())
+    model = model.to(device)
     loader = build_loader(dataset, batch_size=batch, workers=workers, shuffle=True, seed=seed,
                           drop_last=len(dataset) >= batch, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=2e-4)
@@ -276,7 +170,7 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
                 break
         epoch += 1
     train_s = time.perf_counter() - start
-    refresh = StudyTrainSet(train_root, names[:64], rotation=False, seed=seed, augment=False)
+    refresh = PosmapDataset(train_root, names[:64], augment=False)
     with torch.no_grad():
         update_bn((b["image"].to(device) for b in torch.utils.data.DataLoader(refresh, batch_size=batch)), model)
     model.eval()
@@ -410,7 +304,7 @@ def write_report(out: Path, runs: list, meta: dict) -> tuple[Path, Path]:
            + ("" if meta.get("size", 256) == 256 else
               " (the 256² crop area-downsampled; the predicted position map upsampled bilinearly to 256² and its "
               "coordinates rescaled; loss and evaluation at 256² as usual)")
-           + f"; training precision {meta.get('precision', 'fp32')}.",
+           + f"; output head {meta.get('head', 'published')}; training precision {meta.get('precision', 'fp32')}.",
            "- Augmentation: 'rot aug' = data.augment.augment (colour p 0.5, rotation U(±90°) p 0.5, erasing p 0.25); "
            "'no rot aug' = the same draws with the rotation skipped.",
            "- Test rotation: each deterministic test crop rotated about its centre (counter-clockwise); predictions "
@@ -569,9 +463,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--width-mult", type=float, default=1.0,
                    help=f"E2TKFace width for all encoders (>= {MIN_WIDTH}); PRNet has no width and runs full size")
-    p.add_argument("--size", type=int, default=256,
-                   help="network input size for all models alike (multiple of 64, <= 256; < 256 runs the network on "
-                        "the area-downsampled crop and upsamples its position map, see ResizedNet)")
+    p.add_argument("--size", type=int, default=256, choices=(64, 128, 256),
+                   help="network input size for all models alike (the toolkit's --input-size: < 256 runs the "
+                        "network on the area-downsampled crop and upsamples its position map, model.head.PosmapIO)")
+    p.add_argument("--head", default="published", choices=("published", "mean-residual"),
+                   help="output head for all models alike (the toolkit's --head)")
     p.add_argument("--topk", type=int, default=None,
                    help="E2TKFace top-k windows (default: the published fraction of windows, 4 at 256, 1 at 128)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="training autocast precision")
@@ -601,11 +497,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.width_mult < MIN_WIDTH:
         p.error(f"--width-mult {args.width_mult} is below {MIN_WIDTH}: the faithful encoder crashes in backward "
                 f"with a single regular field in its first stage; use >= {MIN_WIDTH}")
-    if args.size % 64 or not 64 <= args.size <= 256:
-        p.error(f"--size must be a multiple of 64 between 64 and 256 (the attention windows tile the token maps), "
-                f"got {args.size}")
     if args.topk is None:
-        args.topk = default_topk(args.size)
+        from model.head import published_topk
+
+        args.topk = published_topk(args.size)
     if len(args.seeds) < 2:
         p.error("--seeds needs at least two seeds (the report gives mean ± std)")
     if args.steps < 1 or args.batch < 1 or args.train_count < 1 or args.test_count < 1:
@@ -622,7 +517,7 @@ def merge_reports(paths, out: Path) -> dict:
         for r in record["runs"]:
             runs.append({**r, "nme": {int(a): v for a, v in r["nme"].items()}})
     keys = ("steps", "batch", "lr", "width_mult", "train_count", "test_count", "data_seed", "minutes", "size", "topk",
-            "precision")
+            "precision", "head")
     differ = [k for k in keys if len({json.dumps(m.get(k)) for m in metas}) > 1]
     if differ:
         raise SystemExit(f"cannot merge {', '.join(map(str, paths))}: they differ in {', '.join(differ)}")
@@ -669,11 +564,10 @@ def main(argv=None) -> dict:
         for label, name, base in MODELS:
             if label not in args.models:
                 continue
-            kwargs = model_kwargs(name, base, args.width_mult, args.topk)
+            kwargs = model_kwargs(name, base, args.width_mult, args.topk, args.size, args.head)
             for rotation in (True, False):
                 model, facts = train_model(name, kwargs, train_root, rotation, seed, args.steps, args.batch, args.lr,
-                                           device, weight_mask, args.minutes, args.workers, args.size,
-                                           args.precision)
+                                           device, weight_mask, args.minutes, args.workers, args.precision)
                 nme = evaluate_angles(model, items, kpt_ind, device, args.batch, args.angles)
                 runs.append({"label": label, "model": name, "kwargs": kwargs, "rotation": rotation, "seed": seed,
                              "facts": facts, "nme": nme})
@@ -687,7 +581,7 @@ def main(argv=None) -> dict:
             "machine": machine_line(device), "device": str(device), "steps": args.steps, "batch": args.batch,
             "minutes": args.minutes, "lr": args.lr, "seeds": list(args.seeds), "data_seed": args.data_seed,
             "train_count": args.train_count, "test_count": len(items), "width_mult": args.width_mult,
-            "size": args.size, "topk": args.topk, "precision": args.precision,
+            "size": args.size, "head": args.head, "topk": args.topk, "precision": args.precision,
             "smoke": bool(args.smoke), "baseline": {str(a): v["mean"] for a, v in baseline.items()},
             "total_seconds": round(time.perf_counter() - start, 1)}
     md, png = write_report(out, runs, meta)

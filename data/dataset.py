@@ -67,8 +67,8 @@ class PosmapDataset(Dataset):
 
     root: the folder; names: sample names to use (default: data.index.read_index(root), i.e. the 'ok' rows).
     augment: apply data.augment.augment (rotation=False: without its in-plane rotation), seeded by (seed, epoch,
-    index) so the result does not depend on the number or order of loader workers; epoch comes from set_epoch() or from an (epoch, index) key (see
-    data.loader, which tags indices so persistent workers see the current epoch).
+    index) so the result does not depend on the number or order of loader workers; epoch comes from set_epoch() or
+    from an (epoch, index) key (see data.loader, which tags indices so persistent workers see the current epoch).
     pre_read: False (default) memory-maps each position map when its item is read (np.load mmap_mode="r", in
     whichever process reads it; nothing is opened in __init__), so memory does not grow with the dataset.
     True reads every map once into ONE array of shape (N, 256, 256, 3) (shared memory when /dev/shm has room,

@@ -116,8 +116,9 @@ def load_weights(model: nn.Module, checkpoint: dict, path: str | Path) -> None:
     weights = checkpoint["model"]
     if weights and all(k.startswith("module.") for k in weights):      # saved from a DDP/DataParallel wrapper
         weights = {k[len("module."):]: v for k, v in weights.items()}
-    needed = [k for k in unwrap(model).state_dict() if k.endswith("mean_posmap")]
-    if needed and not all(k in weights for k in needed):
+    expected = set(unwrap(model).state_dict())
+    missing = expected - set(weights)
+    if missing and all(k.endswith("mean_posmap") for k in missing) and not set(weights) - expected:
         raise RunError(f"The checkpoint {path} does not carry the mean position map its mean-residual head needs "
                        f"(a bare state_dict, or weights of a network with another head); pass --head=published for "
                        f"weights trained with the published head.")

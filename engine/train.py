@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from config import Config, ConfigError, resolve_bfm
+from data.dataset import MEAN_POSMAP_LIMIT
 from engine import distributed as D
 from engine.checkpoint import (capture_rng_state, check_model_identity, load_checkpoint, load_weights,
                                make_checkpoint, restore_rng_state, save_checkpoint, unwrap)
 from engine.errors import RunError
 from engine.monitor import Monitor, landmark_panel, posmap_panel
-from data.dataset import MEAN_POSMAP_LIMIT
 from engine.optim import lr_factor, parameter_groups
 from faceutil.errors import FaceUtilError
 from faceutil.uv import POSMAP_SCALE
@@ -348,7 +348,7 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
     deadline = time.monotonic() + 60.0 * config.time_limit if config.time_limit > 0 else None
     stop_early = False
     steps_per_epoch = len(loader)
-    step = start_epoch * steps_per_epoch
+    step = int(source_ckpt.get("step", start_epoch * steps_per_epoch)) if ckpt_resume is not None else 0
     schedule = functools.partial(lr_factor, warmup_steps=config.warmup_steps, steps_per_epoch=steps_per_epoch,
                                  total_steps=config.epochs * steps_per_epoch, schedule=config.lr_schedule,
                                  decay=config.lr_decay)

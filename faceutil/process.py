@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from faceutil import crop, pose, sampleio
 from faceutil.errors import FaceUtilError, SampleError
@@ -152,14 +153,17 @@ class SampleProcessor:
             return results
         with self._stage("mesh"):
             # always CHUNK rows (zero-padded): BLAS rounds a lone matrix-vector product differently from a matrix
-            # product, and a sample's bytes must not depend on which chunk a resumed run puts it in
+            # product, and a sample's bytes must not depend on which chunk a resumed run puts it in. One BLAS
+            # thread for the same reason: OpenBLAS rounds this product differently with 1 and 2 threads, so the
+            # bytes would depend on --thread (workers run one BLAS thread) and on the machine's core count.
             rows = max(CHUNK, len(loaded))
             shapes = np.zeros((rows, self.model.n_shape), np.float32)
             exps = np.zeros((rows, self.model.n_exp), np.float32)
             for k, (_, smp, _) in enumerate(loaded):
                 shapes[k, : smp.shape_para.size] = smp.shape_para
                 exps[k, : smp.exp_para.size] = smp.exp_para
-            verts = self.model.vertices_batch(shapes, exps)
+            with threadpool_limits(1, user_api="blas"):
+                verts = self.model.vertices_batch(shapes, exps)
         for (name, sample, image), v in zip(loaded, verts):
             try:
                 self._process_one(name, sample, image, v, out_dir)

@@ -75,6 +75,15 @@ class PosmapIO(nn.Module):
             raise ValueError(f"the mean position map must be a finite (256, 256, 3) array, got {tuple(array.shape)}")
         self.mean_posmap.copy_(array.permute(2, 0, 1).unsqueeze(0) / POSMAP_SCALE)
 
+    def _apply(self, fn, recurse=True):
+        """Module casts (``.to(torch.bfloat16)``, ``.half()``) move the mean map but keep it float32: in bf16 a
+        200-px coordinate would round by up to 0.5 px before the residual is even added."""
+        mean = self._buffers.get("mean_posmap")
+        result = super()._apply(fn, recurse)
+        if mean is not None and self.mean_posmap.dtype != mean.dtype:
+            self._buffers["mean_posmap"] = mean.to(device=self.mean_posmap.device)
+        return result
+
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, head={self.head!r}"
 

@@ -369,3 +369,25 @@ def test_aflw_eval_set_on_genuine_samples(shared_data):
         np.testing.assert_allclose(item["pt3d_68"], pts_gt[row].T, atol=1e-4)
         crop_pts = np.c_[item["pt3d_68"][:, :2], np.ones(68)] @ item["matrix"].T
         assert crop_pts[:, :2].min() > 0 and crop_pts[:, :2].max() < S - 1  # the face sits inside the crop
+
+
+def test_augment_without_rotation_draws_the_same_numbers_and_skips_only_the_rotation():
+    from data.augment import augment
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
+    posmap = rng.uniform(1, 250, size=(256, 256, 3)).astype(np.float32)
+    seen = set()
+    for s in range(40):
+        draws = np.random.default_rng([s, 0, 0])
+        draws.random(), draws.uniform(size=3)
+        did_rotate = draws.random() < 0.5                       # the rotation decision (third draw, p 0.5)
+        a_img, a_pos = augment(image, posmap, np.random.default_rng([s, 0, 0]))
+        b_img, b_pos = augment(image, posmap, np.random.default_rng([s, 0, 0]), rotation=False)
+        assert np.array_equal(b_pos, posmap)
+        if not did_rotate:
+            assert np.array_equal(a_img, b_img) and np.array_equal(a_pos, b_pos)
+        else:
+            assert not np.array_equal(a_pos, posmap)
+        seen.add(did_rotate)
+    assert seen == {True, False}

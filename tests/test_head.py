@@ -44,6 +44,18 @@ def test_mean_residual_head_starts_exactly_at_the_mean_map(name, size):
     assert "io.mean_posmap" not in build_model(name, **SMALL[name]).state_dict()   # published: keys as before
 
 
+def test_casting_the_network_keeps_the_mean_map_in_float32():
+    net = build_model("prnet", head="mean-residual", input_size=64)
+    net.io.set_mean_posmap(_mean_map())
+    want = net.io.mean_posmap.clone()
+    low = net.to(torch.bfloat16)
+    assert low.decoder.layers[0].deconv.weight.dtype == torch.bfloat16
+    assert low.io.mean_posmap.dtype == torch.float32 and torch.equal(low.io.mean_posmap, want)
+    with torch.no_grad():
+        out = low.eval()(torch.rand(1, 3, 256, 256).to(torch.bfloat16))
+    assert out.dtype == torch.float32 and torch.equal(out[0], want[0])     # zero residual: the exact float mean
+
+
 @pytest.mark.parametrize("size", (64, 128))
 def test_small_input_maps_coordinates_back_to_the_256_crop(size):
     """An affine position map of the 256 crop, written in the small crop's pixel coordinates at the small

@@ -109,28 +109,6 @@ def test_rotated_item_image_and_matrix_agree():
     assert "posmap" not in got and got["name"] == "s0"
 
 
-def test_augment_without_rotation_matches_augment_except_rotation():
-    from data.augment import augment
-
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
-    posmap = rng.uniform(1, 250, size=(256, 256, 3)).astype(np.float32)
-    seen = set()
-    for s in range(40):
-        rotated_draw = np.random.default_rng([s, 0, 0])
-        rotated_draw.random(), rotated_draw.uniform(size=3)
-        did_rotate = rotated_draw.random() < 0.5
-        a_img, a_pos = augment(image, posmap, np.random.default_rng([s, 0, 0]))
-        b_img, b_pos = rs.augment_without_rotation(image, posmap, np.random.default_rng([s, 0, 0]))
-        assert np.array_equal(b_pos, posmap)
-        if not did_rotate:
-            assert np.array_equal(a_img, b_img) and np.array_equal(a_pos, b_pos)
-        else:
-            assert not np.array_equal(a_pos, posmap)
-        seen.add(did_rotate)
-    assert seen == {True, False}
-
-
 def _fake_runs(cnn_better: bool) -> list:
     runs = []
     for seed in (0, 1):
@@ -208,8 +186,9 @@ def test_arguments_refuse_unsafe_or_crashing_settings():
         rs.parse_args(["--seeds", "0"])
     args = rs.parse_args(["--smoke", "--out", "/tmp/x"])
     assert args.steps == rs.SMOKE["steps"] and args.width_mult == rs.MIN_WIDTH
-    assert rs.model_kwargs("prnet", {}, 0.5) == {}
-    assert rs.model_kwargs("e2tkface", {"encoder": "cnn"}, 0.5) == {"encoder": "cnn", "width_mult": 0.5, "topk": 4}
+    assert rs.model_kwargs("prnet", {}, 0.5) == {"input_size": 256, "head": "published"}
+    assert rs.model_kwargs("e2tkface", {"encoder": "cnn"}, 0.5, size=128, head="mean-residual") == \
+        {"encoder": "cnn", "width_mult": 0.5, "topk": 4, "input_size": 128, "head": "mean-residual"}
 
 
 @pytest.mark.slow
@@ -233,34 +212,6 @@ def test_merge_combines_partial_reports(tmp_path):
     tables = _tables((tmp_path / "all" / "rotation.md").read_text())
     assert len(tables[0]) == 3 + 2 * len(rs.MODELS)
     assert (tmp_path / "all" / "rotation.png").is_file()
-
-
-@pytest.mark.parametrize("size", [64, 128])
-def test_resized_net_maps_small_crop_coordinates_back_to_the_256_crop(size):
-    """A network that returns its own pixel grid (crop px of the small crop) must come back as the 256 pixel grid."""
-    from faceutil.uv import POSMAP_SCALE
-
-    class Grid(nn.Module):
-        def forward(self, x):
-            b, _, h, w = x.shape
-            assert (h, w) == (size, size)
-            yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                                    indexing="ij")
-            grid = torch.stack([xx, yy, xx + yy]) / POSMAP_SCALE
-            return grid.expand(b, -1, -1, -1)
-
-    wrapped = rs.wrap_size(Grid(), size)
-    out = wrapped(torch.rand(2, 3, 256, 256)) * POSMAP_SCALE            # (2, 3, 256, 256) crop px of the 256 crop
-    f = 256 / size
-    inner = slice(int(f), 256 - int(f))                                  # bilinear upsampling clamps at the border
-    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64)
-    assert np.allclose(out[0, 0, inner, inner].numpy(), xx[inner, inner], atol=1e-3)
-    assert np.allclose(out[1, 1, inner, inner].numpy(), yy[inner, inner], atol=1e-3)
-    # z scales with the crop but has no pixel-centre shift: (x_s + y_s) * f
-    zs = ((xx + 0.5) / f - 0.5) + ((yy + 0.5) / f - 0.5)
-    assert np.allclose(out[0, 2, inner, inner].numpy(), zs[inner, inner] * f, atol=1e-3)
-    assert rs.wrap_size(Grid(), 256).__class__ is Grid
-    assert rs.default_topk(256) == 4 and rs.default_topk(128) == 1
 
 
 def test_size_option_is_validated():
