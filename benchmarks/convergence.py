@@ -203,7 +203,8 @@ def run_probe(spec: dict, batch) -> dict:
         if not math.isfinite(losses[-1]):
             break
     return {"spec": spec, "mean_map_loss": mean_loss, "losses": losses, "grad_norms": norms,
-            "features": {**feature_stats(model, x, groups), "target": tensor_stats(y)}, "seconds": round(time.perf_counter() - start, 1),
+            "features": {**feature_stats(model, x, groups), "target": tensor_stats(y)},
+            "seconds": round(time.perf_counter() - start, 1),
             "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_line()}
 
 
@@ -263,7 +264,7 @@ def cmd_probes(args) -> None:
 CURVE_DEFAULTS = {"model": "e2tkface", "encoder": "aligned", "width_mult": 0.5, "input_size": 128,
                   "head": "mean-residual", "lr": 1e-4, "warmup": 0, "schedule": "exp", "lr_decay": 0.8,
                   "decay_norm_bias": True, "epochs": 100, "minutes": 60.0, "batch": 16, "precision": "bf16",
-                  "augment": True, "rotation": False, "seed": 0, "eval_minutes": 3.0}
+                  "augment": True, "rotation": False, "seed": 0, "eval_minutes": 3.0, "train_count": 800}
 
 
 def curve_config(spec: dict, train_root: Path, run_dir: Path, time_limit: float):
@@ -301,11 +302,15 @@ def cmd_curve(args) -> None:
 
     torch.set_num_threads(args.threads)
     spec = {**CURVE_DEFAULTS, **json.loads(args.spec)}
+    unknown = sorted(set(spec) - set(CURVE_DEFAULTS))
+    if unknown:
+        raise SystemExit(f"unknown curve settings {unknown}; the settings are {sorted(CURVE_DEFAULTS)}")
     label = args.label or probe_name(spec).replace("e2tkface", "e2tkface-" + spec["encoder"])
     folder = Path(args.out) / "curves" / label
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "curve.json"
-    train_root, test_raw = study_data()
+    train_root, _ = study_data(spec["train_count"])
+    _, test_raw = study_data()                      # the same 120 test images whatever the training-set size
     _, kpt_ind, _ = uv_tables("synthetic")
     test = AFLWEvalSet(test_raw)
     items = [test[i] for i in range(len(test))]
@@ -372,8 +377,8 @@ def verdict(record: dict) -> str:
 
 
 def probe_rows(records: list) -> list[str]:
-    rows = ["| network | head | lr | warm-up | decay on norm/bias | steps | loss @25 | @50 | @100 | end | end / mean-map "
-            "loss | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| network | head | lr | warm-up | decay on norm/bias | steps | loss @25 | @50 | @100 | end "
+            "| end / mean-map loss | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         sp, L = r["spec"], r["losses"]
         net = "PRNet" if sp["model"] == "prnet" else f"E2TKFace {sp['encoder']} ×{sp['width_mult']}"
@@ -383,8 +388,9 @@ def probe_rows(records: list) -> list[str]:
             net += ", no ReLU in the 3-ch tail"
         end = float(np.mean(L[-10:]))
         at = [f"{L[i]:.4f}" if i < len(L) else "-" for i in (24, 49, 99)]
-        rows.append(f"| {net} | {sp['head']} | {sp['lr']:g} | {sp['warmup']} | {'yes' if sp['decay_norm_bias'] else 'no'} "
-                    f"| {len(L)} | {' | '.join(at)} | {end:.4f} | {end / r['mean_map_loss']:.2f} | {verdict(r)} |")
+        decay = "yes" if sp["decay_norm_bias"] else "no"
+        rows.append(f"| {net} | {sp['head']} | {sp['lr']:g} | {sp['warmup']} | {decay} | {len(L)} | {' | '.join(at)} "
+                    f"| {end:.4f} | {end / r['mean_map_loss']:.2f} | {verdict(r)} |")
     return rows
 
 
@@ -405,6 +411,24 @@ def step_size_rows(records: list, step: str) -> list[str]:
     return rows
 
 
+GOAL_NME, GOAL_MINUTES = 6.0, 60.0          # issue 12's goal for E2TKFace on this CPU
+
+
+def curve_reading(curve: dict) -> str:
+    """One sentence computed from a curve: where it ended, its best point, and the issue's goal."""
+    pts = curve["points"]
+    best = min(pts, key=lambda p: p["nme2d"])
+    within = [p for p in pts if p["minutes"] <= GOAL_MINUTES]
+    met = any(p["nme2d"] <= GOAL_NME for p in within)
+    spec, last = curve["spec"], pts[-1]
+    finished = last["epoch"] >= spec["epochs"] or last["minutes"] >= spec["minutes"] - 0.5
+    verdict_text = "met" if met else ("not met" if finished else "not met so far (the run has not finished)")
+    return (f"Last point {pts[-1]['nme2d']:.2f} % after {pts[-1]['minutes']:.1f} training minutes "
+            f"({pts[-1]['nme2d'] / curve['mean_face_nme2d']:.2f} of the mean face); best {best['nme2d']:.2f} % at "
+            f"{best['minutes']:.1f} min. Goal (≤ {GOAL_NME:g} % within {GOAL_MINUTES:g} min): "
+            f"{verdict_text}.")
+
+
 def draw_curves(curves: list, path: Path) -> Path:
     """Test NME vs training minutes, one line per curve, the mean-face NME dashed; OpenCV only."""
     import cv2
@@ -413,21 +437,25 @@ def draw_curves(curves: list, path: Path) -> Path:
     img = np.full((h, w, 3), 255, np.uint8)
     pts_all = [(p["minutes"], p["nme2d"]) for c in curves for p in c["points"]]
     refs = [c["mean_face_nme2d"] for c in curves]
-    xmax = max([x for x, _ in pts_all] + [1.0])
-    ymax = 1.1 * max([y for _, y in pts_all] + refs + [1.0])
-    x0, y0, x1, y1 = m, 20, w - 20, h - 60
+    xmax = 10.0 * math.ceil(max([x for x, _ in pts_all] + [GOAL_MINUTES]) / 10.0)
+    ymax = 5.0 * math.ceil(1.05 * max([y for _, y in pts_all] + refs + [1.0]) / 5.0)
+    x0, y0, x1, y1 = m, 30, w - 20, h - 60
     font = cv2.FONT_HERSHEY_SIMPLEX
 
     def xy(x, y):
         return int(round(x0 + (x1 - x0) * x / xmax)), int(round(y1 - (y1 - y0) * min(y, ymax) / ymax))
 
     cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-    for k in range(6):
-        x, y = xmax * k / 5, ymax * k / 5
-        cv2.putText(img, f"{x:.0f}", (xy(x, 0)[0] - 8, y1 + 18), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, f"{y:.0f}", (x0 - 35, xy(0, y)[1] + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for k in range(int(xmax // 10) + 1):
+        cv2.putText(img, f"{10 * k}", (xy(10 * k, 0)[0] - 8, y1 + 18), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for k in range(int(ymax // 5) + 1):
+        cv2.putText(img, f"{5 * k}", (x0 - 30, xy(0, 5 * k)[1] + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "2-core CPU training minutes", (x0 + 230, y1 + 40), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "NME %", (5, y0 + 10), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "2D NME %", (5, 18), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    for xs in np.arange(0, xmax, 2.0):                                  # the goal: dotted grey
+        cv2.line(img, xy(xs, GOAL_NME), xy(xs + 0.5, GOAL_NME), (140, 140, 140), 1, cv2.LINE_AA)
+    cv2.putText(img, f"goal {GOAL_NME:g} %", (x1 - 90, xy(0, GOAL_NME)[1] - 6), font, 0.4, (120, 120, 120), 1,
+                cv2.LINE_AA)
     palette = [(200, 60, 20), (40, 40, 200), (30, 160, 30), (20, 120, 230), (150, 50, 150)]
     for k, c in enumerate(curves):
         colour = palette[k % len(palette)]
@@ -439,8 +467,8 @@ def draw_curves(curves: list, path: Path) -> Path:
             cv2.line(img, u, v, colour, 2, cv2.LINE_AA)
         for u in pts:
             cv2.circle(img, u, 3, colour, -1, cv2.LINE_AA)
-        cv2.putText(img, c["label"][:60], (x0 + 10, y0 + 18 + 18 * k), font, 0.45, colour, 1, cv2.LINE_AA)
-    cv2.putText(img, "dashed: mean-face NME", (x1 - 200, y0 + 18), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, c["label"][:60], (x1 - 260, y1 - 30 - 18 * k), font, 0.45, colour, 1, cv2.LINE_AA)
+    cv2.putText(img, "dashed: mean-face NME of each run", (x1 - 260, y1 - 10), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     ok, data = cv2.imencode(".png", img)
     from faceutil.sampleio import atomic_write_bytes
 
@@ -452,12 +480,21 @@ PROBE_ORDER = ("lr", "head", "lr-fine", "warmup", "decay", "tail", "encoders")
 
 
 def cmd_report(args) -> None:
-    """benchmarks/results/convergence.md (+ .json, .png) from every finished probe and curve under --out."""
+    """benchmarks/results/convergence.md (+ .json, .png) from the committed convergence.json and every finished probe
+    and curve under --out (a run under --out replaces the committed one of the same name)."""
     out = Path(args.out)
-    records = {}
+    # the committed results first (a new checkout has no savedmodel/), then this machine's runs, which win
+    committed = RESULTS_DIR / "convergence.json"
+    saved = json.loads(committed.read_text()) if committed.is_file() else {"probes": [], "curves": []}
+    records = {probe_name(r["spec"]): r for r in saved["probes"]}
     for path in sorted((out / "probes").glob("*.json")):
         r = json.loads(path.read_text())
         records[probe_name(r["spec"])] = r
+    curve_map = {c["label"]: c for c in saved["curves"]}
+    for path in (out / "curves").glob("*/curve.json"):
+        c = json.loads(path.read_text())
+        curve_map[c["label"]] = c
+    curves = [curve_map[k] for k in sorted(curve_map) if curve_map[k]["points"]]
     sections, used = [], set()
     for name in PROBE_ORDER:
         rows = [records[probe_name(sp)] for sp in probe_specs(name) if probe_name(sp) in records]
@@ -467,8 +504,6 @@ def cmd_report(args) -> None:
     extra = [r for k, r in records.items() if k not in used]
     if extra:
         sections.append(("other", extra))
-    curves = [json.loads(p.read_text()) for p in sorted((out / "curves").glob("*/curve.json"))]
-    curves = [c for c in curves if c["points"]]
     md = ["# Convergence: why the networks stayed on the mean face, and what makes them learn", "",
           f"Generated {_dt.datetime.now():%Y-%m-%d %H:%M} by `python -m benchmarks.convergence report` from the "
           f"runs under `{out}`; each run's JSON names its machine and date. Machine of this report: {machine_line()}.",
@@ -491,17 +526,20 @@ def cmd_report(args) -> None:
         if len(steps_rows) > 2:
             md += [f"### Relative optimiser step per layer group at step {step}", "",
                    f"||w_after - w_before|| / ||w_before|| of each group's parameters for the step Adam took at step "
-                   f"{step} (decoder.16 is the output layer; the mean-residual head starts it at zero)." , ""] + steps_rows + [""]
+                   f"{step} (decoder.16 is the output layer; the mean-residual head starts it at zero).", ""]
+            md += steps_rows + [""]
     if curves:
         md += ["## Learning curves", "", "Command: `python -m benchmarks.convergence curve --spec JSON` (resumable: "
                "the same command continues a run). 68-point 2D NME (%) on the 120 synthetic AFLW2000-format test "
-               "images against minutes of 2-core CPU training (evaluation time excluded); the dashed line of the "
-               "plot is the mean-face NME. ![learning curves](convergence.png)", ""]
+               "images against minutes of 2-core CPU training (wall clock of the training epochs; validation and "
+               "test evaluation excluded). The network is evaluated as training left it (eval mode, BatchNorm running "
+               "statistics), every 3 training minutes at the end of the epoch that crosses the mark. The dashed line "
+               "of the plot is the mean-face NME. ![learning curves](convergence.png)", ""]
         for c in curves:
             sp = c["spec"]
             md += [f"### {c['label']}", "", "Settings: " + ", ".join(f"{k} {v}" for k, v in sp.items()) +
                    f". Started {c['started']}, last point {c.get('updated', '-')}; {c['machine']}.", "",
-                   f"Mean-face reference: {c['mean_face_nme2d']:.2f} %.", "",
+                   f"Mean-face reference: {c['mean_face_nme2d']:.2f} %. {curve_reading(c)}", "",
                    "| minutes | epoch | step | train loss | test 2D NME % | / mean face |", "|---|---|---|---|---|---|"]
             md += [f"| {p_['minutes']:.1f} | {p_['epoch']} | {p_['step']} | {p_['train_loss']:.4f} | "
                    f"{p_['nme2d']:.2f} | {p_['nme2d'] / c['mean_face_nme2d']:.2f} |" for p_ in c["points"]] + [""]

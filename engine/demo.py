@@ -22,7 +22,7 @@ DEMO_DEFAULTS = {
     "model": "e2tkface",
     "model_kwargs": {"width_mult": 0.5},
     "input_size": 64,
-    "epochs": 50,
+    "epochs": 40,
     "batch_size": 16,
     "lr": 5e-4,
     "warmup_steps": 100,

@@ -161,3 +161,19 @@ def test_precision_and_channels_last_flags():
     assert default.precision == "fp32" and default.channels_last is False and default.compile is False
     from config import PRECISIONS
     assert PRECISIONS == model.device.PRECISIONS
+
+
+def test_head_size_and_schedule_flags():
+    import config as C
+    import engine.optim
+    import model.head
+
+    assert (C.HEADS, C.INPUT_SIZES, C.LR_SCHEDULES) == (model.head.HEADS, model.head.INPUT_SIZES,
+                                                        engine.optim.SCHEDULES)
+    c = _parse("-td=x", "--head=published", "--input-size=128", "--warmup=20", "--lr-schedule=cosine",
+               "--augment-rotation=False", "--decay-norm-bias=False")
+    assert (c.head, c.input_size, c.warmup_steps, c.lr_schedule, c.augment_rotation, c.decay_norm_bias) == \
+        ("published", 128, 20, "cosine", False, False)
+    d = C.Config()
+    assert (d.head, d.input_size, d.warmup_steps, d.lr_schedule, d.augment_rotation) == \
+        ("mean-residual", 256, 500, "exp", True)
