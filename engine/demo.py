@@ -134,7 +134,8 @@ def run_demo(config: Config) -> dict:
     name, kwargs = model_spec(cfg)
     torch.manual_seed(cfg.seed)
     untrained = default_factory(name, **kwargs).eval()
-    if needs_mean_posmap(untrained):                 # the mean-residual head starts at the mean training face
+    starts_at_mean = needs_mean_posmap(untrained)
+    if starts_at_mean:                               # the mean-residual head starts at the mean training face
         from data.dataset import PosmapDataset
 
         untrained.io.set_mean_posmap(PosmapDataset(paths["train"]).mean_posmap())
@@ -143,7 +144,7 @@ def run_demo(config: Config) -> dict:
     del untrained
     print(f"untrained {name}: 2D NME {before.summary['pt3d_68 2D']['mean']:.2f} % on "
           f"{len(before.names)} test images" + (" (the mean-residual head starts at the mean face)"
-                                                if needs_mean_posmap(untrained) else ""), flush=True)
+                                                if starts_at_mean else ""), flush=True)
 
     reference = run_evaluation(cfg, model=MeanPosmapModel(paths["train"]), tag="mean-face", uv=uv, quiet=True)
     print(f"mean-face reference (the mean training position map for every image): 2D NME "
