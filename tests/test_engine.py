@@ -382,7 +382,7 @@ def test_full_demo_improves_nme(tmp_path):
     assert summary["nme2d_after"] <= 0.5 * summary["nme2d_mean_face"]
     assert summary["nme2d_before"] == pytest.approx(summary["nme2d_mean_face"], abs=0.5) and \
         "mean-face reference" in proc.stdout
-    assert summary["total_seconds"] > 0 and summary["model_kwargs"]["input_size"] == 64
+    assert summary["total_seconds"] > 0 and summary["model_kwargs"]["input_size"] == 128
     assert (tmp_path / "demo" / "run" / "best.pth").is_file() and (tmp_path / "demo" / "run" / "final.pth").is_file()
     assert list((tmp_path / "demo" / "vis").glob("*_landmarks.jpg"))
     assert "untrained" in proc.stdout and "TensorBoard" in proc.stdout
