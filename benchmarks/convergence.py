@@ -22,8 +22,6 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -233,10 +231,9 @@ def probe_specs(name: str) -> list[dict]:
 
 
 def machine_line() -> str:
-    import torch
+    from benchmarks.rotation_study import machine_line as study_machine_line
 
-    return (f"{platform.node() or 'host'}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return study_machine_line("cpu")
 
 
 def cmd_probes(args) -> None:

@@ -132,7 +132,7 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     from data.dataset import PosmapDataset
     from data.index import read_index
     from data.loader import build_loader
-    from engine.train import seed_everything
+    from engine.train import needs_mean_posmap, seed_everything
     from model.device import autocast_context
     from model.loss import WeightedPosmapLoss
     from model.registry import build_model
@@ -141,7 +141,7 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     model = build_model(name, **kwargs)
     names = read_index(train_root)
     dataset = PosmapDataset(train_root, names, augment=True, seed=seed, rotation=rotation)
-    if model.io.head == "mean-residual":
+    if needs_mean_posmap(model):
         model.io.set_mean_posmap(dataset.mean_posmap())
     model = model.to(device)
     loader = build_loader(dataset, batch_size=batch, workers=workers, shuffle=True, seed=seed,

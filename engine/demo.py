@@ -112,7 +112,7 @@ def run_demo(config: Config) -> dict:
     """Run the demo; prints progress and the before/after NME; returns the summary dict (also demo_summary.json)."""
     from faceutil.morphable import load_model
     from faceutil.sampleio import atomic_write_bytes
-    from faceutil.uv import build_uv_layout
+    from faceutil.uv import POSMAP_SCALE, build_uv_layout
 
     from engine.evaluate import MeanPosmapModel, run_evaluation
     from engine.train import default_factory, model_spec, needs_mean_posmap, run_training
@@ -135,11 +135,10 @@ def run_demo(config: Config) -> dict:
     name, kwargs = model_spec(cfg)
     torch.manual_seed(cfg.seed)
     untrained = default_factory(name, **kwargs).eval()
+    mean_face = MeanPosmapModel(paths["train"])       # read once: the reference below and the untrained head's map
     starts_at_mean = needs_mean_posmap(untrained)
     if starts_at_mean:                               # the mean-residual head starts at the mean training face
-        from data.dataset import PosmapDataset
-
-        untrained.io.set_mean_posmap(PosmapDataset(paths["train"]).mean_posmap())
+        untrained.io.set_mean_posmap(mean_face.map.permute(1, 2, 0).numpy() * POSMAP_SCALE)
     before = run_evaluation(cfg, model=untrained.export() if hasattr(untrained, "export") else untrained,
                             tag="untrained", uv=uv, quiet=True)
     del untrained
@@ -147,7 +146,7 @@ def run_demo(config: Config) -> dict:
           f"{len(before.names)} test images" + (" (the mean-residual head starts at the mean face)"
                                                 if starts_at_mean else ""), flush=True)
 
-    reference = run_evaluation(cfg, model=MeanPosmapModel(paths["train"]), tag="mean-face", uv=uv, quiet=True)
+    reference = run_evaluation(cfg, model=mean_face, tag="mean-face", uv=uv, quiet=True)
     print(f"mean-face reference (the mean training position map for every image): 2D NME "
           f"{reference.summary['pt3d_68 2D']['mean']:.2f} %", flush=True)
 
