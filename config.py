@@ -178,6 +178,9 @@ class Config:
     # inference jobs (engine.predict / engine.export)
     predict: str | None = None
     bbox: str | None = None
+    any_roll: bool = True
+    smooth: float = 0.5
+    redetect_every: int = 10
     export_format: str | None = None
     # demo sizes
     demo_train_count: int = 600
@@ -300,6 +303,13 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
                                                 "results go to -o"),
     (("--bbox",), "bbox", str, "face boxes for -predict as 'x1,y1,x2,y2' (several separated by ';'); default: "
                                "detect faces"),
+    (("--any-roll",), "any_roll", "bool", "-predict: also look for faces turned by 90, 180 and 270 degrees (the "
+                                          "face detector finds upright faces only)"),
+    (("--smooth",), "smooth", _float, "-predict on video: strength 0..1 of the temporal smoothing of landmarks, "
+                                      "mesh and pose (One Euro filter; 0 = each frame's own output)"),
+    (("--redetect-every",), "redetect_every", _int, "-predict on video: run the face detector every N frames and "
+                                                    "track faces from their landmarks in between (0 = detect "
+                                                    "on every frame, no tracking)"),
     (("-export", "--export-format"), "export_format", str, "export --loadModelPath to a deployable file: onnx, "
                                                            "or onnx-int8 (calibrated on crops of -td, default: the "
                                                            "checkpoint's training folder); written to -o"),
@@ -321,7 +331,8 @@ _METAVARS = {"train_dir": "DIR", "val_dir": "DIR", "predict_dir": "DIR", "bfm": 
              "demo_test_count": "N", "val_fraction": "F", "lr": "F", "weight_decay": "F", "lr_decay": "F",
              "head": "NAME", "input_size": "N", "lr_schedule": "NAME", "warmup_steps": "N",
              "time_limit": "MIN", "visible_devices": "IDS", "model": "NAME", "encoder": "NAME", "gt": "NAME",
-             "device": "DEV", "predict": "PATH", "bbox": "BOXES", "export_format": "FORMAT"}
+             "device": "DEV", "predict": "PATH", "bbox": "BOXES", "export_format": "FORMAT", "smooth": "S",
+             "redetect_every": "N"}
 
 
 def build_parser() -> FlagParser:
@@ -385,6 +396,11 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
         raise ConfigError(f"--lr-decay must be in (0, 1], not {config.lr_decay}.")
     if config.warmup_steps < 0:
         raise ConfigError(f"--warmup must be 0 or more steps, not {config.warmup_steps}.")
+    if not 0.0 <= config.smooth <= 1.0:
+        raise ConfigError(f"--smooth must lie between 0 (off) and 1, not {config.smooth}.")
+    if config.redetect_every < 0:
+        raise ConfigError(f"--redetect-every must be 0 (detect on every frame) or more frames, not "
+                          f"{config.redetect_every}.")
     if config.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"Unknown --lr-schedule={config.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
     if config.head not in HEADS:

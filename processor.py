@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         if args.get("threads", 1) < 1:
             raise ConfigError(f"--thread must be at least 1, not {args['threads']}.")
         if "synthesize" in args:
-            from faceutil.morphable import load_model
+            from faceutil.facemodel import load_model
             from faceutil.synthetic import synthesize_dataset
 
             if args.get("count", 100) < 1:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_export(config, checkpoint=checkpoint)
         if config.predict:
-            from engine.predict import run_predict
+            from engine.predict_job import run_predict
 
             run_predict(config, checkpoint=checkpoint)
     except (ConfigError, RunError, FaceUtilError) as err:

@@ -37,7 +37,7 @@ DATA_WORK = Path("savedmodel") / "rotation_study_data"           # the rotation 
 def study_data(train_count: int = 800, test_count: int = 120, seed: int = 0) -> tuple[Path, Path]:
     """(processed training folder, raw AFLW2000-format test folder), synthesised once and reused."""
     from benchmarks.rotation_study import make_data
-    from faceutil.morphable import load_model
+    from faceutil.facemodel import load_model
 
     return make_data(DATA_WORK, train_count, test_count, seed, load_model("synthetic"))
 
@@ -160,14 +160,13 @@ def make_optimizer(model, spec: dict):
 
 def run_probe(spec: dict, batch) -> dict:
     """Memorise `batch` (images, posmaps / 280) with the probe's settings; returns the record."""
-    import torch
-
     from engine.optim import warmup_factor
-    from engine.train import seed_everything, uv_tables
+    from engine.train import seed_everything
+    from faceutil.uv import uv_layout
     from model.device import autocast_context
     from model.loss import WeightedPosmapLoss
 
-    weight_mask = uv_tables("synthetic")[0]
+    weight_mask = uv_layout("synthetic").weight_mask
     x, y = batch
     x, y = x[:spec["images"]], y[:spec["images"]]
     seed_everything(spec["seed"])
@@ -293,9 +292,11 @@ def cmd_curve(args) -> None:
     import torch
 
     from data.dataset import AFLWEvalSet
-    from engine.checkpoint import load_checkpoint, load_weights
+    from engine.checkpoint import load_checkpoint
     from engine.evaluate import MeanPosmapModel
-    from engine.train import default_factory, run_training, uv_tables
+    from engine.loading import load_network
+    from engine.train import run_training
+    from faceutil.uv import uv_layout
 
     torch.set_num_threads(args.threads)
     spec = {**CURVE_DEFAULTS, **json.loads(args.spec)}
@@ -308,7 +309,7 @@ def cmd_curve(args) -> None:
     path = folder / "curve.json"
     train_root, _ = study_data(spec["train_count"])
     _, test_raw = study_data()                      # the same 120 test images whatever the training-set size
-    _, kpt_ind, _ = uv_tables("synthetic")
+    kpt_ind = uv_layout("synthetic").kpt_ind
     test = AFLWEvalSet(test_raw)
     items = [test[i] for i in range(len(test))]
     curve = json.loads(path.read_text()) if path.is_file() else None
@@ -331,9 +332,7 @@ def cmd_curve(args) -> None:
         print(f"{label}: done ({spent:.1f} training minutes)", flush=True)
         return
     if history and (not curve["points"] or curve["points"][-1]["epoch"] < history[-1]["epoch"]):
-        ck = load_checkpoint(run_dir / "last.pth")           # killed between checkpoint and curve point
-        model = default_factory(ck["model_name"], **ck["model_kwargs"])
-        load_weights(model, ck, run_dir / "last.pth")
+        model = load_network(run_dir / "last.pth", export=False).module   # killed between checkpoint and curve point
         _add_point(curve, path, model, history[-1], spent, items, kpt_ind)
     state = {"minutes": spent, "next": (math.floor(spent / spec["eval_minutes"]) + 1) * spec["eval_minutes"]}
 

@@ -8,7 +8,8 @@ Randomly initialised full-size models (latency does not depend on the weights; t
 random images, which sets their ranges but not their speed). Each variant: warm-up calls, then the median of
 --repeats timed calls on the same (1, 3, 256, 256) input, round-robin; torch and onnxruntime get the same thread
 count. The video: --frames frames of the public-domain astronaut photo (../shared/data) moved a few pixels per frame,
-Haar detection on every frame, through engine.predict.predict_video (crop, network, geometry, overlay, mp4v writing).
+Haar detection on every frame, through engine.predict_job.predict_video (crop, network, geometry, overlay, mp4v
+writing).
 Usage: python benchmarks/predict.py [--repeats 10] [--threads 2,1] [--frames 16] [--out benchmarks/results/predict.md]
                                   [--checkpoint CKPT --test-dir AFLW2000_FOLDER --calibration-dir TRAIN_FOLDER]
 """
@@ -48,16 +49,12 @@ def _interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
 def calibrated(net):
     """BatchNorm running statistics from one random batch, so a random-init net gives O(1) outputs (otherwise
     BatchNorm's initial statistics shrink every layer to ~1e-7 and any torch-vs-onnx agreement would be vacuous).
-    Returns the net in eval mode. Also used by tests/test_export.py."""
+    Returns the net in eval mode."""
     import torch
+    from torch.optim.swa_utils import update_bn
 
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    net.train()
     with torch.no_grad():
-        net(torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(7)))
+        update_bn([torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(7))], net)
     return net.eval()
 
 
@@ -72,7 +69,7 @@ def latency_rows(repeats: int, threads: int, work: Path) -> list[dict]:
     import torch
 
     from engine.export import export_onnx
-    from engine.predict import TorchBackend
+    from engine.backends import TorchBackend
     from model import build_model, summary
 
     torch.set_num_threads(threads)
@@ -136,7 +133,9 @@ def video_rows(frames: int, threads: int, work: Path, checkpoint: Path | None = 
     import torch
 
     from engine.export import calibration_crops, export_onnx
-    from engine.predict import Predictor, load_torch_model, predict_video
+    from engine.loading import load_network
+    from engine.predict import Predictor
+    from engine.predict_job import predict_video
     from faceutil.sampleio import read_image
     from model import build_model
 
@@ -150,7 +149,8 @@ def video_rows(frames: int, threads: int, work: Path, checkpoint: Path | None = 
     writer.release()
     rows = []
     if checkpoint is not None:         # a trained network: a random one's chaotic mesh makes the overlays slow
-        net, name, kwargs, _ = load_torch_model(checkpoint)
+        loaded = load_network(checkpoint)
+        net, name, kwargs = loaded.module, loaded.name, loaded.kwargs
         crops = calibration_crops(calibration_dir) if calibration_dir is not None else random_crops(4)
         onnx_path, int8_path = work / "video.onnx", work / "video-int8.onnx"
         export_onnx(net, onnx_path, name, kwargs)
@@ -188,44 +188,36 @@ def precision_rows(checkpoint: Path, test_dir: Path, calibration_dir: Path | Non
     import torch
 
     from data.dataset import AFLWEvalSet
+    from engine.backends import BackendModule
+    from engine.evaluate import evaluate_model
     from engine.export import calibration_crops, export_onnx
-    from engine.predict import Predictor, load_torch_model
-    from faceutil.crop import Similarity
-    from faceutil.metrics import nme
-    from faceutil.uv import POSMAP_SCALE, posmap_landmarks
+    from engine.loading import load_network
+    from engine.predict import Predictor
 
     torch.set_num_threads(threads)
     ref = Predictor(checkpoint, device="cpu")
     variants = {"fp32": ref, "bf16": Predictor(checkpoint, device="cpu", precision="bf16", channels_last=True)}
     if calibration_dir is not None:
         path = work / "checkpoint-int8.onnx"
-        net, name, kwargs, _ = load_torch_model(checkpoint)
-        export_onnx(net, path, name, kwargs, calibration=calibration_crops(calibration_dir))
+        loaded = load_network(checkpoint)
+        export_onnx(loaded.module, path, loaded.name, loaded.kwargs, calibration=calibration_crops(calibration_dir))
         variants["int8"] = Predictor(path, device="cpu")
     data = AFLWEvalSet(test_dir)
     kpt = ref.geometry.kpt_ind
-    pred = {k: [] for k in variants}
-    truth = []
-    for i in range(len(data)):
-        item = data[i]
-        crop = np.asarray(item["image"], dtype=np.float32)[None]
-        inv = Similarity(np.asarray(item["matrix"], dtype=np.float64)).inverse()
-        for key, predictor in variants.items():
-            maps = (predictor.backend(crop) * POSMAP_SCALE).transpose(0, 2, 3, 1)
-            pred[key].append(inv.apply(posmap_landmarks(maps, kpt)[0])[:, :2])
-        truth.append(np.asarray(item["pt3d_68"], dtype=np.float64)[:, :2])
-    gt = np.stack(truth)
+    reports = {k: evaluate_model(BackendModule(p.backend), data, kpt, None, batch_size=1) for k, p in variants.items()}
+    pred = {k: r.landmarks[..., :2] for k, r in reports.items()}
+    gt = reports["fp32"].truth[..., :2]
     norm = np.sqrt(np.prod(np.ptp(gt, axis=1), axis=-1))                     # the NME normaliser per image
-    a = np.stack(pred["fp32"])
+    a = pred["fp32"]
     rows = []
     for key in variants:
-        b = np.stack(pred[key])
+        b = pred[key]
         move = np.linalg.norm(a - b, axis=-1)                               # (N, 68) px
         per_image = 100.0 * move.mean(axis=1) / norm
-        rows.append({"variant": key, "nme": float(nme(b, gt).mean()), "move_median_px": float(np.median(move)),
-                     "move_p95_px": float(np.percentile(move, 95)), "move_max_px": float(move.max()),
-                     "move_nme_median": float(np.median(per_image)), "move_nme_p95": float(np.percentile(per_image, 95)),
-                     "move_nme_max": float(per_image.max())})
+        rows.append({"variant": key, "nme": float(reports[key].nme2d.mean()),
+                     "move_median_px": float(np.median(move)), "move_p95_px": float(np.percentile(move, 95)),
+                     "move_max_px": float(move.max()), "move_nme_median": float(np.median(per_image)),
+                     "move_nme_p95": float(np.percentile(per_image, 95)), "move_nme_max": float(per_image.max())})
     return {"checkpoint": str(checkpoint), "test_dir": str(test_dir), "images": len(gt),
             "calibration_dir": str(calibration_dir) if calibration_dir else None,
             "model": f"{ref.model_name} {ref.model_kwargs}", "rows": rows}
@@ -296,7 +288,7 @@ def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: 
               "## Video path (-predict on a video)", "",
               f"{vid[0]['frames'] if vid else 0} frames of the astronaut photo ({vid[0]['size'] if vid else ''}), "
               "Haar detection on every frame, E2TKFace crop -> network -> landmarks, pose fit, shaded-mesh overlay, "
-              "mp4v encoding (engine.predict.predict_video); median of 2 runs per variant, alternating. Network: "
+              "mp4v encoding (engine.predict_job.predict_video); median of 2 runs per variant, alternating. Network: "
               + (f"the --checkpoint one (`{args.checkpoint}`)" if args.checkpoint else "random full-size E2TKFace")
               + ".", "",
               "| network runs on | threads | frames/s | frames with a face |", "|---|---:|---:|---:|"]

@@ -1,29 +1,30 @@
-"""Rotation study (issue 7): is the equivariant encoder more robust to in-plane rotation than PRNet or a plain CNN?
+"""Rotation study: is the equivariant encoder more robust to in-plane rotation than PRNet or a plain CNN?
 
-Owns benchmarks/results/rotation.md (+ rotation.png, rotation.json). Trains E2TKFace (faithful / aligned / plain-CNN
-encoder) and PRNet, each with and without the rotation part of the training augmentation, on one synthetic
-300W-LP-format training set with the same step budget and seeds; evaluates each on a synthetic AFLW2000-format test
-set whose crops are rotated in-plane by 0, 30, 60, 90, 135 and 180 degrees (68-point 2D NME, DESIGN.md §6 protocol,
-per angle and per yaw bin); repeats over seeds and reports mean ± std. Run from the repository root:
+Owns benchmarks/results/rotation.md (+ rotation.png, rotation.json) and the per-run records under
+benchmarks/results/rotation_runs/. Trains E2TKFace (faithful / aligned / plain-CNN encoder) and PRNet, each with and
+without the rotation part of the training augmentation, on one synthetic 300W-LP-format training set with one
+configuration for all (steps, batch, learning-rate schedule, input size, head, seeds); evaluates each on a synthetic
+AFLW2000-format test set whose crops are rotated in-plane every 15 degrees from -180 to 180 (68-point 2D NME,
+DESIGN.md §6 protocol, per angle and per yaw bin); reports mean ± std over seeds. Run from the repository root:
 
-    python -m benchmarks.rotation_study --smoke --out /tmp/rotation_smoke       # ~30 s on 2 CPU cores
-    python -m benchmarks.rotation_study --steps N --batch 32 --precision bf16 --device cuda --out OUT
-    # N: enough steps for every model to beat the mean-face reference row (not yet known; needs a GPU)
-    # a documented CPU budget (all models alike): --size 128 --width-mult 0.5 --precision bf16; at 600 steps of
-    # batch 16 (10 min per run on 2 cores) the networks were still worse than the mean face (see below)
-    # on a machine with a per-command time limit: one --models per call into its own --out, then
-    python -m benchmarks.rotation_study --merge out_a/rotation.json out_b/rotation.json ...
+    python -m benchmarks.rotation_study --smoke --out /tmp/rotation_smoke        # ~1 min on 2 CPU cores
+    python -m benchmarks.rotation_study --budget-minutes 80       # the CPU study: trains what is missing, resumes
+    python -m benchmarks.rotation_study --report-only             # rewrite the report from the saved runs
+    python -m benchmarks.rotation_study --merge DIR_OR_JSON ... --out OUT   # runs made elsewhere, same settings
 
-Notes. Training here is a fixed-step loop (Adam, constant lr, the project's WeightedPosmapLoss), not
-engine.train.run_training (epoch-based), so every model gets exactly the same number of optimiser steps; BatchNorm
-statistics are then refreshed over un-augmented training crops (as engine.demo does) before evaluation.
-The no-rotation variant is data.augment.augment(rotation=False) (the same random draws, the rotation skipped).
---size and --head are the toolkit's --input-size and --head (model.head.PosmapIO). build_model("prnet") has
-no width argument, so PRNet always runs at full width (13.35 M parameters) whatever --width-mult says.
-The report includes a reference row, the mean training position map predicted for every image (18.8 % NME at 0 deg
-on the 800/120-image data): short runs do not beat it (2026-11-25, CPU, plain-CNN encoder, size 128, width 0.5,
-bf16: 41.6 % after 120 steps, 35.6 % after 600 steps at lr 2e-3), and while the networks are worse than that mean
-face an NME-vs-angle curve says nothing about robustness -- the report says so.
+Each finished run (one model, one augmentation variant, one seed) is written at once to its own JSON file in --runs;
+a rerun skips the runs already there, so the study's CPU time can be spread over several sessions (--budget-minutes
+stops starting new runs after that long). A run file made with other settings is refused, naming the difference;
+a corrupt one is named and trained again.
+
+Notes. Training here is a fixed-step loop (Adam, the toolkit's parameter groups and per-step learning rate:
+linear warm-up then cosine, WeightedPosmapLoss), not engine.train.run_training (epoch-based), so every model gets
+exactly the same optimiser steps; BatchNorm statistics are then refreshed over un-augmented training crops before
+evaluation. The no-rotation variant is data.augment.augment(rotation=False) (the same random draws, the rotation
+skipped). --size and --head are the toolkit's --input-size and --head (model.head.PosmapIO). build_model("prnet")
+has no width argument, so PRNet runs at full width whatever --width-mult says. A trained run counts only if it
+beats the mean-face reference (the mean training position map predicted for every image) at 0 deg by at least a
+factor of 2; the report flags the others and draws its conclusion from the passing runs only.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-ANGLES = (0, 30, 60, 90, 135, 180)
+ANGLES = tuple(range(0, 181, 15))                   # the study's test rotations (degrees, counter-clockwise)
+NEGATIVE_ANGLES = tuple(range(-15, -180, -15))      # the clockwise side (-180 is 180), for the symmetry check
 YAW_BINS = ("|yaw|<=30", "30<|yaw|<=60", "|yaw|>60")         # faceutil.metrics.nme_by_yaw keys
 BIN_LABELS = {"|yaw|<=30": "yaw ≤ 30°", "30<|yaw|<=60": "30° < yaw ≤ 60°", "|yaw|>60": "yaw > 60°"}  # no "|" in md
 # (label, registered model name, builder kwargs without width); width_mult is added for e2tkface only.
@@ -55,12 +57,24 @@ EQUIVARIANT = ("E2TKFace faithful", "E2TKFace aligned")
 # The faithful encoder crashes in backward (native "double free or corruption") when its first stage has a single
 # regular field, i.e. round(4 * width_mult) < 2 (measured 2026-11-25: widths 0.125, 0.25, 0.3 crash; 0.375, 0.5 run).
 MIN_WIDTH = 0.375
+PASS_RATIO = 0.5            # a run counts when its 0-degree NME is at most this fraction of the mean face's
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RUNS_DIR = RESULTS_DIR / "rotation_runs"                         # one JSON per finished run (committed)
 DEFAULT_WORK = Path("savedmodel") / "rotation_study_data"       # synthetic data (git-ignored), reused across runs
-SMOKE = {"steps": 1, "batch": 2, "width_mult": MIN_WIDTH, "train_count": 4, "test_count": 4, "seeds": [0, 1],
-         "size": 128}
+BASELINE_FILE = "baseline.json"
+# The settings every run of one study shares; a run file (or a --merge input) with any of them different is refused.
+SETTING_KEYS = ("steps", "batch", "lr", "warmup", "weight_decay", "width_mult", "size", "head", "topk", "precision",
+                "train_count", "test_count", "data_seed", "angles")
+SMOKE = {"steps": 2, "batch": 2, "warmup": 1, "width_mult": MIN_WIDTH, "train_count": 8, "test_count": 4,
+         "seeds": [0, 1], "size": 64, "angles": [0, 90, 180]}
 COLOURS_BGR = {"E2TKFace faithful": (200, 60, 20), "E2TKFace aligned": (30, 160, 30),
                "E2TKFace CNN": (20, 120, 230), "PRNet": (40, 40, 200)}
+
+
+def is_exact(angle: int) -> bool:
+    """Multiples of 90 degrees turn the pixel grid onto itself: the rotated crop is a pixel permutation (no
+    interpolation), so a C4-equivariant network sees exactly the rotated input; other angles are interpolated."""
+    return int(angle) % 90 == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -106,37 +120,41 @@ class RotatedEvalSet:
         return out
 
 
+
 # ----------------------------------------------------------------------------------------------------------------
 # one training run + evaluation
 # ----------------------------------------------------------------------------------------------------------------
 def model_kwargs(name: str, base: dict, width_mult: float, topk: int = 4, size: int = 256,
-                 head: str = "published") -> dict:
+                 head: str = "mean-residual") -> dict:
     """Builder kwargs: input_size and head for both; width_mult and topk for e2tkface (PRNet stays at full width)."""
     common = {"input_size": size, "head": head}
     return {**base, "width_mult": width_mult, "topk": topk, **common} if name == "e2tkface" else {**base, **common}
 
 
-def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed: int, steps: int, batch: int,
-                lr: float, device, weight_mask: np.ndarray, minutes: float = 0.0, workers: int = 0,
-                precision: str = "fp32"):
-    """Train one network for `steps` optimiser steps (or until `minutes` pass, when > 0); BN refreshed after.
+def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed: int, settings: dict, device,
+                weight_mask: np.ndarray, workers: int = 0):
+    """Train one network for settings["steps"] optimiser steps; BatchNorm statistics refreshed after.
 
-    kwargs: builder kwargs (input size and head included, see model_kwargs); precision: "fp32" or "bf16" autocast
-    for training (evaluation always runs in fp32).
-
+    settings: the study's SETTING_KEYS (batch, lr, warmup, weight_decay, precision ...); the learning rate is the
+    toolkit's per-step schedule (engine.optim.lr_factor: linear warm-up, then cosine to zero at the last step).
     Returns (model in eval mode (exported when it offers export()), dict of run facts).
     """
+    import functools
+
     import torch
     from torch.optim.swa_utils import update_bn
 
     from data.dataset import PosmapDataset
     from data.index import read_index
     from data.loader import build_loader
-    from engine.train import needs_mean_posmap, seed_everything
+    from engine.optim import lr_factor, parameter_groups
+    from engine.loading import needs_mean_posmap
+    from engine.train import seed_everything
     from model.device import autocast_context
     from model.loss import WeightedPosmapLoss
     from model.registry import build_model
 
+    steps, batch, lr = settings["steps"], settings["batch"], settings["lr"]
     seed_everything(seed)
     model = build_model(name, **kwargs)
     names = read_index(train_root)
@@ -146,18 +164,21 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     model = model.to(device)
     loader = build_loader(dataset, batch_size=batch, workers=workers, shuffle=True, seed=seed,
                           drop_last=len(dataset) >= batch, device=device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=2e-4)
+    optimizer = torch.optim.Adam(parameter_groups(model, settings["weight_decay"]), lr=lr)
+    factor = functools.partial(lr_factor, warmup_steps=settings["warmup"], steps_per_epoch=len(loader),
+                               total_steps=steps, schedule="cosine")
     loss_fn = WeightedPosmapLoss(weight_mask).to(device)
-    deadline = time.monotonic() + 60.0 * minutes if minutes > 0 else None
     step, epoch, losses, start = 0, 0, [], time.perf_counter()
     model.train()
-    while step < steps and not (deadline and time.monotonic() > deadline):
+    while step < steps:
         loader.sampler.set_epoch(epoch)
         for batch_data in loader:
             x = batch_data["image"].to(device, non_blocking=True)
             y = batch_data["posmap"].to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor(step)
             optimizer.zero_grad(set_to_none=True)
-            with autocast_context(device, precision):
+            with autocast_context(device, settings["precision"]):
                 out = model(x)
             loss = loss_fn(out.float(), y)
             if not torch.isfinite(loss):
@@ -166,7 +187,7 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
             optimizer.step()
             losses.append(float(loss.detach()))
             step += 1
-            if step >= steps or (deadline and time.monotonic() > deadline):
+            if step >= steps:
                 break
         epoch += 1
     train_s = time.perf_counter() - start
@@ -194,6 +215,93 @@ def evaluate_angles(model, items: list, kpt_ind: np.ndarray, device, batch: int,
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# run files: one JSON per finished run, so the study resumes run by run and merges across machines
+# ----------------------------------------------------------------------------------------------------------------
+class RunFileError(Exception):
+    """A run file that cannot be used (missing, unreadable, not a run record); the message is one sentence."""
+
+
+def run_filename(label: str, rotation: bool, seed: int) -> str:
+    return f"{label.lower().replace(' ', '-')}_{'rot' if rotation else 'norot'}_seed{seed}.json"
+
+
+def settings_difference(a: dict, b: dict) -> str | None:
+    """'steps 1200 here, 800 there'-style text for the first SETTING_KEYS entry that differs, or None."""
+    for key in SETTING_KEYS:
+        if json.dumps(a.get(key)) != json.dumps(b.get(key)):
+            return f"{key} {json.dumps(a.get(key))} against {json.dumps(b.get(key))}"
+    return None
+
+
+def write_run(path: Path, record: dict) -> None:
+    from faceutil.sampleio import atomic_write_bytes
+
+    record = {**record, "nme": {str(a): v for a, v in record["nme"].items()}}
+    atomic_write_bytes(path, (json.dumps(record, indent=1, default=_json_default) + "\n").encode("utf-8"))
+
+
+def read_run(path: Path) -> dict:
+    """A run (or baseline) record with integer angle keys; RunFileError for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(f"{path} does not exist")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        nme = {int(a): v for a, v in record["nme"].items()}
+        settings = record["settings"]
+        if record.get("kind") != "baseline":
+            bad = [a for a, v in nme.items() if not math.isfinite(float(v["mean"]))]
+            if bad or 0 not in nme or not {"label", "rotation", "seed", "facts"} <= set(record):
+                raise ValueError("incomplete run record")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise RunFileError(f"{path} is not a readable run record ({type(err).__name__}: {err})") from None
+    if not isinstance(settings, dict):
+        raise RunFileError(f"{path} has no settings")
+    return {**record, "nme": nme, "path": str(path)}
+
+
+def collect_runs(paths) -> tuple[list, dict | None, list]:
+    """Runs and the mean-face baseline from run files and folders of them.
+
+    Returns (runs, baseline or None, problems): every missing or corrupt file is named in `problems` and skipped.
+    Raises SystemExit with one sentence when two records were made with different settings.
+    """
+    files = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.json")) if p.is_dir() else [p]
+    runs, baseline, problems, reference = [], None, [], None
+    for f in files:
+        try:
+            record = read_run(f)
+        except RunFileError as err:
+            problems.append(str(err))
+            continue
+        if reference is None:
+            reference = record
+        diff = settings_difference(record["settings"], reference["settings"])
+        if diff:
+            raise SystemExit(f"cannot combine {f} with {reference['path']}: they were made with different settings "
+                             f"({diff}).")
+        if record.get("kind") == "baseline":
+            baseline = baseline or record
+            continue
+        key = (record["label"], bool(record["rotation"]), record["seed"])
+        twin = next((r for r in runs if (r["label"], bool(r["rotation"]), r["seed"]) == key), None)
+        if twin is not None:
+            problems.append(f"{f} repeats the run in {twin['path']} ({key[0]}, rotation {key[1]}, seed {key[2]})")
+            continue
+        runs.append(record)
+    return runs, baseline, problems
+
+
+def passes(run: dict, baseline: dict | None) -> bool:
+    """True when the run's 0-degree NME is at most PASS_RATIO x the mean face's (unknown baseline: False)."""
+    if baseline is None or 0 not in baseline["nme"]:
+        return False
+    return run["nme"][0]["mean"] <= PASS_RATIO * baseline["nme"][0]["mean"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # aggregation, report, plot
 # ----------------------------------------------------------------------------------------------------------------
 def mean_std(values) -> tuple[float, float]:
@@ -212,140 +320,206 @@ def row_key(label: str, rotation: bool) -> str:
     return f"{label} | {'rot aug' if rotation else 'no rot aug'}"
 
 
-def summarise(runs: list) -> dict:
-    """Group run records by (model label, rotation) -> {"per_angle": {angle: [nme per seed]},
-    "bins": {angle: {bin: [...]}}, "rotated_mean": [mean over angles > 0 per seed], "all_mean": [...],
-    "gap": [rotated_mean - NME at 0 deg, per seed] (the robustness figure: how much rotation costs)}."""
+def _angle_mean(nme: dict, angles) -> float:
+    values = [nme[a]["mean"] for a in angles if a in nme]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def summarise(runs: list, baseline: dict | None) -> dict:
+    """Group runs by (model label, rotation) -> {"per_angle": {angle: [NME per passing seed]},
+    "bins": {angle: {bin: [...]}}, "rotated_mean" / "exact_mean" / "interpolated_mean": [mean over the positive
+    angles > 0 / the multiples of 90 / the others, per passing seed], "gap": [rotated_mean - NME at 0 deg]
+    (the robustness figure: what rotation costs), "symmetry": [mean |NME(-a) - NME(a)|], "seeds" / "failed":
+    the passing / failing seeds, "seconds": [train + evaluation seconds of every run]}."""
     groups: dict = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (r["seed"], [m[0] for m in MODELS].index(r["label"])
+                                         if r["label"] in [m[0] for m in MODELS] else 99)):
         g = groups.setdefault(row_key(r["label"], r["rotation"]),
                               {"label": r["label"], "rotation": r["rotation"], "per_angle": {}, "bins": {},
-                               "rotated_mean": [], "all_mean": [], "gap": [], "train_seconds": []})
-        angles = sorted(int(a) for a in r["nme"])
-        for a in angles:
-            g["per_angle"].setdefault(a, []).append(r["nme"][a]["mean"])
+                               "rotated_mean": [], "exact_mean": [], "interpolated_mean": [], "gap": [],
+                               "symmetry": [], "seeds": [], "failed": [], "seconds": []})
+        g["seconds"].append(r["facts"]["train_seconds"] + r["facts"].get("eval_seconds", 0.0))
+        if not passes(r, baseline):
+            g["failed"].append(r["seed"])
+            continue
+        g["seeds"].append(r["seed"])
+        nme = r["nme"]
+        for a in sorted(nme):
+            g["per_angle"].setdefault(a, []).append(nme[a]["mean"])
             for b in YAW_BINS + ("mean_of_bins",):
-                g["bins"].setdefault(a, {}).setdefault(b, []).append(r["nme"][a]["bins"][b])
-        g["rotated_mean"].append(statistics.fmean(r["nme"][a]["mean"] for a in angles if a != 0)
-                                 if len(angles) > 1 else float("nan"))
-        g["all_mean"].append(statistics.fmean(r["nme"][a]["mean"] for a in angles))
-        g["gap"].append(g["rotated_mean"][-1] - r["nme"][0]["mean"] if 0 in r["nme"] else float("nan"))
-        g["train_seconds"].append(r["facts"]["train_seconds"])
+                g["bins"].setdefault(a, {}).setdefault(b, []).append(nme[a]["bins"][b])
+        positive = [a for a in nme if 0 < a <= 180]
+        g["rotated_mean"].append(_angle_mean(nme, positive))
+        g["exact_mean"].append(_angle_mean(nme, [a for a in positive if is_exact(a)]))
+        g["interpolated_mean"].append(_angle_mean(nme, [a for a in positive if not is_exact(a)]))
+        g["gap"].append(g["rotated_mean"][-1] - nme[0]["mean"])
+        pairs = [abs(nme[-a]["mean"] - nme[a]["mean"]) for a in positive if -a in nme]
+        if pairs:
+            g["symmetry"].append(statistics.fmean(pairs))
     return groups
 
 
+def _verdict(rows: dict) -> str | None:
+    """Equivariant vs not, by the cost of rotation (rotated-angle mean minus 0 deg), against the seed spread."""
+    eq = [k for k in EQUIVARIANT if k in rows]
+    others = [k for k in rows if k not in EQUIVARIANT]
+    if not eq or not others:
+        return None
+    best_eq = min(eq, key=lambda k: mean_std(rows[k]["gap"])[0])
+    best_other = min(others, key=lambda k: mean_std(rows[k]["gap"])[0])
+    (g_eq, s_eq), (g_o, s_o) = mean_std(rows[best_eq]["gap"]), mean_std(rows[best_other]["gap"])
+    diff, noise = g_o - g_eq, max(s_eq, s_o)
+    if diff > 0 and diff > noise:
+        head = (f"the equivariant encoder IS more robust: rotation costs {best_eq} {g_eq:.2f} NME points and "
+                f"{best_other} (the most robust non-equivariant model) {g_o:.2f}, a difference larger than the "
+                f"seed spread ({noise:.2f})")
+    elif diff > 0:
+        head = (f"the equivariant encoder is NOT clearly more robust: rotation costs {best_eq} {g_eq:.2f} NME points "
+                f"and {best_other} {g_o:.2f}, a difference within the seed spread ({noise:.2f})")
+    else:
+        head = (f"the equivariant encoder is NOT more robust: rotation costs {best_other} {g_o:.2f} NME points and "
+                f"the most robust equivariant model ({best_eq}) {g_eq:.2f} (seed spread {noise:.2f})")
+    m_eq, m_o = mean_std(rows[best_eq]["rotated_mean"])[0], mean_std(rows[best_other]["rotated_mean"])[0]
+    return head + f"; their mean NME over the rotated angles: {m_eq:.2f} vs {m_o:.2f} %"
+
+
 def conclusion(groups: dict) -> list[str]:
-    """Sentences drawn from the numbers: which model is most robust to rotation, with and without augmentation."""
+    """Sentences drawn from the passing runs' numbers: which models are robust to rotation, with and without
+    rotation augmentation, and how much of the gap the augmentation closes."""
     lines = []
+    counted = {k: g for k, g in groups.items() if g["seeds"]}
+    if not counted:
+        return [f"No run counts yet: none beats the mean face at 0° by {1 / PASS_RATIO:g}× (see the list below)."]
     for rotation in (False, True):
-        rows = {g["label"]: g for g in groups.values() if g["rotation"] == rotation}
+        rows = {g["label"]: g for g in counted.values() if g["rotation"] == rotation}
         if not rows:
             continue
         aug = "with" if rotation else "without"
-        scored = sorted(rows, key=lambda k: mean_std(rows[k]["rotated_mean"])[0])
-        best = scored[0]
         by_gap = sorted(rows, key=lambda k: mean_std(rows[k]["gap"])[0])
-        text = [f"**{aug.capitalize()} rotation augmentation**: mean NME over the rotated angles (30–180°): "
-                + ", ".join(f"{k} {_pm(rows[k]['rotated_mean'])} %" for k in scored) + f"; lowest: {best}. "
-                + "Cost of rotation (that minus the 0° NME): "
-                + ", ".join(f"{k} {_pm(rows[k]['gap'])}" for k in by_gap) + f"; smallest: {by_gap[0]}."]
-        eq = [k for k in EQUIVARIANT if k in rows]
-        others = [k for k in rows if k not in EQUIVARIANT]
-        if eq and others:
-            # robustness = the cost of rotation (mean NME over 30-180 deg minus NME at 0 deg), not accuracy
-            best_eq = min(eq, key=lambda k: mean_std(rows[k]["gap"])[0])
-            best_other = min(others, key=lambda k: mean_std(rows[k]["gap"])[0])
-            (g_eq, s_eq), (g_o, s_o) = mean_std(rows[best_eq]["gap"]), mean_std(rows[best_other]["gap"])
-            diff, noise = g_o - g_eq, max(s_eq, s_o)
-            if diff > 0 and diff > noise:
-                verdict = (f"The equivariant encoder IS more robust: rotation costs {best_eq} {g_eq:.2f} NME points "
-                           f"and {best_other} (the most robust non-equivariant model) {g_o:.2f}, a difference "
-                           f"larger than the seed spread ({noise:.2f})")
-            elif diff > 0:
-                verdict = (f"The equivariant encoder is NOT clearly more robust: rotation costs {best_eq} {g_eq:.2f} "
-                           f"NME points and {best_other} {g_o:.2f}, a difference within the seed spread ({noise:.2f})")
+        text = (f"**{aug.capitalize()} rotation augmentation**: cost of rotation (mean NME over 15–180° minus the "
+                f"0° NME): " + ", ".join(f"{k} {_pm(rows[k]['gap'])}" for k in by_gap)
+                + f"; smallest: {by_gap[0]}.")
+        verdict = _verdict(rows)
+        lines.append(text + (f" So {verdict}." if verdict else ""))
+    no_aug = {g["label"]: g for g in counted.values() if not g["rotation"]}
+    with_aug = {g["label"]: g for g in counted.values() if g["rotation"]}
+    eq = [k for k in EQUIVARIANT if k in no_aug]
+    best_eq = min(eq, key=lambda k: mean_std(no_aug[k]["rotated_mean"])[0]) if eq else None
+    for label in [m[0] for m in MODELS]:
+        if label not in no_aug or label not in with_aug:
+            continue
+        r0, r1 = mean_std(no_aug[label]["rotated_mean"])[0], mean_std(with_aug[label]["rotated_mean"])[0]
+        c0, c1 = mean_std(no_aug[label]["gap"])[0], mean_std(with_aug[label]["gap"])[0]
+        text = (f"{label}: rotation augmentation takes the rotated-angle NME from {r0:.2f} to {r1:.2f} % and the "
+                f"cost of rotation from {c0:.2f} to {c1:.2f} points"
+                + (f" ({100 * (c0 - c1) / c0:.0f} % of it removed)" if c0 > 0 else ""))
+        if best_eq is not None and label not in EQUIVARIANT:
+            gap = r0 - mean_std(no_aug[best_eq]["rotated_mean"])[0]
+            if gap > 0:
+                text += (f"; without augmentation it trails {best_eq} (no augmentation) by {gap:.2f} points on the "
+                         f"rotated angles, and augmentation closes {100 * (r0 - r1) / gap:.0f} % of that gap")
             else:
-                verdict = (f"The equivariant encoder is NOT more robust: rotation costs {best_other} {g_o:.2f} NME "
-                           f"points and the most robust equivariant model ({best_eq}) {g_eq:.2f} "
-                           f"(seed spread {noise:.2f})")
-            m_eq, m_o = mean_std(rows[best_eq]["rotated_mean"])[0], mean_std(rows[best_other]["rotated_mean"])[0]
-            text.append(verdict + f"; their mean NME over the rotated angles: {m_eq:.2f} vs {m_o:.2f} %.")
-        lines.append(" ".join(text))
-    for label in sorted({g["label"] for g in groups.values()}):
-        a = groups.get(row_key(label, True))
-        b = groups.get(row_key(label, False))
-        if a and b:
-            gain = mean_std(b["rotated_mean"])[0] - mean_std(a["rotated_mean"])[0]
-            lines.append(f"{label}: rotation augmentation changes the rotated-angle NME by {-gain:+.2f} points.")
+                text += f"; without augmentation it is not behind {best_eq} on the rotated angles ({-gap:.2f} ahead)"
+        lines.append(text + ".")
+    missing = [row_key(g["label"], g["rotation"]) for g in groups.values() if len(g["seeds"]) < 2]
+    if missing:
+        lines.append("Fewer than two passing seeds (no seed spread, weaker evidence): " + "; ".join(missing) + ".")
     return lines
 
 
-def write_report(out: Path, runs: list, meta: dict) -> tuple[Path, Path]:
+def _header(a: int) -> str:
+    return f"{a}°" + ("*" if is_exact(a) and a else "")
+
+
+def write_report(out: Path, runs: list, baseline: dict | None, meta: dict) -> tuple[Path, Path]:
     """Write rotation.md, rotation.png and rotation.json under `out`; returns (markdown path, png path)."""
     from faceutil.sampleio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    groups = summarise(runs)
-    angles = sorted({int(a) for r in runs for a in r["nme"]})
-    md = ["# Rotation study: in-plane rotation robustness (issue 7)", ""]
+    groups = summarise(runs, baseline)
+    s = meta["settings"]
+    angles = sorted({a for r in runs for a in r["nme"] if a >= 0} | set(s.get("angles", ())))
+    negatives = sorted({a for r in runs for a in r["nme"] if a < 0}, reverse=True)
+    base = {a: v["mean"] for a, v in baseline["nme"].items()} if baseline else {}
+    seconds = sum(r["facts"]["train_seconds"] + r["facts"].get("eval_seconds", 0.0) for r in runs)
+    seconds += baseline["facts"].get("seconds", 0.0) if baseline else 0.0
+    failing = [r for r in runs if not passes(r, baseline)]
+    md = ["# Rotation study: in-plane rotation robustness", ""]
     if meta.get("smoke"):
         md += ["**SMOKE RUN** — tiniest sizes, a pipeline check only; the numbers mean nothing.", ""]
-    md += [f"- Command: `{meta['command']}`",
-           f"- Date: {meta['date']}; machine: {meta['machine']}; device: {meta['device']}",
-           f"- Budget: {meta['steps']} optimiser steps of batch {meta['batch']} per run"
-           + (f" (or {meta['minutes']:g} min, whichever first)" if meta.get("minutes") else "")
-           + f", Adam lr {meta['lr']:g} (constant), weight decay 2e-4; BatchNorm refreshed on ≤ 64 training crops",
-           f"- Seeds: {meta['seeds']} (initialisation, augmentation, data order); data seed {meta['data_seed']}",
-           f"- Data: synthetic 300W-LP-format training set of {meta['train_count']} images, synthetic "
-           f"AFLW2000-format test set of {meta['test_count']} images (faceutil.synthetic + faceutil.process)",
-           f"- Width: E2TKFace width_mult {meta['width_mult']:g} for all three encoders, top-k "
-           f"{meta.get('topk', 4)}; PRNet at full width (build_model(\"prnet\") has no width argument).",
-           f"- Network input size: {meta.get('size', 256)}² for every model"
-           + ("" if meta.get("size", 256) == 256 else
-              " (the 256² crop area-downsampled; the predicted position map upsampled bilinearly to 256² and its "
-              "coordinates rescaled; loss and evaluation at 256² as usual)")
-           + f"; output head {meta.get('head', 'published')}; training precision {meta.get('precision', 'fp32')}.",
-           "- Augmentation: 'rot aug' = data.augment.augment (colour p 0.5, rotation U(±90°) p 0.5, erasing p 0.25); "
-           "'no rot aug' = the same draws with the rotation skipped.",
-           "- Test rotation: each deterministic test crop rotated about its centre (counter-clockwise); predictions "
-           "mapped back to the original image and scored against the unrotated pt3d_68 (normaliser unchanged).",
+    md += [f"- Commands: {'; '.join(f'`{c}`' for c in meta['commands'])}",
+           f"- Dates: {', '.join(meta['dates'])}; machines: {'; '.join(meta['machines'])}",
+           f"- Runs: {len(runs)} ({len(runs) - len(failing)} beat the mean face at 0° by ≥ {1 / PASS_RATIO:g}×); "
+           f"total CPU time {seconds / 60:.1f} min (training + evaluation of every run, and the mean-face "
+           f"reference){' — ' + meta['note'] if meta.get('note') else ''}",
+           f"- Budget: {s['steps']} optimiser steps of batch {s['batch']} per run, Adam lr {s['lr']:g} with a "
+           f"{s['warmup']}-step linear warm-up then cosine to zero, weight decay {s['weight_decay']:g}; BatchNorm "
+           f"refreshed on ≤ 64 un-augmented training crops",
+           f"- Seeds: {meta['seeds']} (initialisation, augmentation, data order); data seed {s['data_seed']}",
+           f"- Data: synthetic 300W-LP-format training set of {s['train_count']} images, synthetic "
+           f"AFLW2000-format test set of {s['test_count']} images (faceutil.synthetic + faceutil.process)",
+           f"- Width: E2TKFace width_mult {s['width_mult']:g} for all three encoders, top-k {s['topk']}; PRNet at "
+           f"full width (build_model(\"prnet\") has no width argument).",
+           f"- Network input size: {s['size']}² for every model"
+           + ("" if s["size"] == 256 else
+              " (the 256² crop area-downsampled; the predicted position map upsampled to 256² and its coordinates "
+              "rescaled; loss and evaluation at 256² as usual)")
+           + f"; output head {s['head']}; training precision {s['precision']}; evaluation fp32 (exported twins).",
+           "- Augmentation: 'rotation' = data.augment.augment (colour p 0.5, rotation U(±90°) p 0.5, erasing "
+           "p 0.25); 'no rotation' = the same draws with the rotation skipped.",
+           "- Test rotation: each deterministic test crop rotated about its centre (counter-clockwise for positive "
+           "angles); predictions mapped back to the original image and scored against the unrotated pt3d_68 "
+           "(normaliser unchanged). `*`: multiples of 90°, where the rotated crop is an exact pixel permutation "
+           "(no interpolation); the other angles are interpolated.",
            "- Protocol: 68-point 2D NME (%), sqrt(w·h) of the ground-truth landmark box (DESIGN.md §6). "
-           "Mean ± std over seeds of the per-seed mean over test images.",
-           "", "## Conclusion (from the numbers below)", ""]
+           "Mean ± std over the passing seeds of the per-seed mean over test images.",
+           f"- A run counts only when its 0° NME is at most {PASS_RATIO:g} × the mean face's"
+           + (f" ({PASS_RATIO * base[0]:.2f} %)" if 0 in base else " (no mean-face reference found: none counts)")
+           + "; the tables and the conclusion use the counting runs only.",
+           "", "## Conclusion (computed from the counting runs)", ""]
     md += [f"- {line}" for line in conclusion(groups)]
+    if failing:
+        md += ["", "## Runs that do not count (0° NME above the limit)", ""]
+        md += [f"- {r['label']}, {'rotation' if r['rotation'] else 'no rotation'}, seed {r['seed']}: "
+               f"{r['nme'][0]['mean']:.2f} % at 0°" for r in failing]
     md += ["", "## 2D NME (%) per test rotation angle", "",
-           "| model | training aug | " + " | ".join(f"{a}°" for a in angles) + " | mean 30–180° | cost (− 0°) | train s |",
-           "|---|---|" + "---|" * (len(angles) + 3)]
+           "| model | training aug | seeds | " + " | ".join(_header(a) for a in angles)
+           + " | mean 15–180° | exact (90°, 180°) | interpolated | cost (− 0°) | CPU min/run |",
+           "|---|---|---|" + "---|" * (len(angles) + 5)]
     for g in groups.values():
         md.append(f"| {g['label']} | {'rotation' if g['rotation'] else 'no rotation'} | "
+                  f"{len(g['seeds'])}/{len(g['seeds']) + len(g['failed'])} | "
                   + " | ".join(_pm(g["per_angle"].get(a, [])) for a in angles)
-                  + f" | {_pm(g['rotated_mean'])} | {_pm(g['gap'])} | {mean_std(g['train_seconds'])[0]:.1f} |")
-    base = {int(a): v for a, v in (meta.get("baseline") or {}).items()}
+                  + f" | {_pm(g['rotated_mean'])} | {_pm(g['exact_mean'])} | {_pm(g['interpolated_mean'])} | "
+                  f"{_pm(g['gap'])} | {mean_std(g['seconds'])[0] / 60:.1f} |")
     if base:
-        rot = [base[a] for a in angles if a != 0 and a in base]
-        md.append("| mean face (constant, reference) | - | " + " | ".join(
-            f"{base[a]:.2f}" if a in base else "-" for a in angles)
-            + f" | {statistics.fmean(rot) if rot else float('nan'):.2f} | "
-            + (f"{statistics.fmean(rot) - base[0]:.2f}" if rot and 0 in base else "-") + " | - |")
-        best0 = min((mean_std(g["per_angle"].get(0, []))[0] for g in groups.values()), default=float("nan"))
-        if 0 in base and math.isfinite(best0):
-            md += ["", f"Reference: predicting the mean training position map for every image gives {base[0]:.2f} % "
-                   f"at 0°; the best trained model gives {best0:.2f} % "
-                   + ("(clearly better, so the networks read the image)." if best0 < 0.5 * base[0] else
-                      "(NOT clearly better: the networks have learnt little beyond the mean face, so these "
-                      "robustness figures mean little — train longer).")]
-    md += ["", "## 2D NME (%) per yaw bin — at 0° and averaged over all test angles", "",
+        pos = [a for a in angles if a > 0 and a in base]
+        ex, ip = [base[a] for a in pos if is_exact(a)], [base[a] for a in pos if not is_exact(a)]
+        rot = [base[a] for a in pos]
+        f = (lambda v: f"{statistics.fmean(v):.2f}" if v else "-")
+        md.append("| mean face (constant, reference) | - | - | "
+                  + " | ".join(f"{base[a]:.2f}" if a in base else "-" for a in angles)
+                  + f" | {f(rot)} | {f(ex)} | {f(ip)} | "
+                  + (f"{statistics.fmean(rot) - base[0]:.2f}" if rot and 0 in base else "-") + " | - |")
+    if negatives:
+        md += ["", "## The clockwise side (negative angles) and symmetry", "",
+               "| model | training aug | " + " | ".join(_header(a) for a in negatives)
+               + " | mean abs(NME(−a) − NME(a)) |", "|---|---|" + "---|" * (len(negatives) + 1)]
+        for g in groups.values():
+            if any(a in g["per_angle"] for a in negatives):
+                md.append(f"| {g['label']} | {'rotation' if g['rotation'] else 'no rotation'} | "
+                          + " | ".join(_pm(g["per_angle"].get(a, [])) for a in negatives)
+                          + f" | {_pm(g['symmetry'])} |")
+    md += ["", "## 2D NME (%) per yaw bin — at 0° and averaged over 0–180°", "",
            "| model | training aug | " + " | ".join(f"{BIN_LABELS[b]} @0°" for b in YAW_BINS)
-           + " | " + " | ".join(f"{BIN_LABELS[b]} all angles" for b in YAW_BINS) + " | mean of bins all angles |",
+           + " | " + " | ".join(f"{BIN_LABELS[b]} 0–180°" for b in YAW_BINS) + " | mean of bins 0–180° |",
            "|---|---|" + "---|" * 7]
-    counts = runs[0]["nme"][angles[0]]["bins"]["counts"] if runs else {}
+    counts = runs[0]["nme"][0]["bins"]["counts"] if runs else {}
     for g in groups.values():
         at0 = [_pm(g["bins"].get(0, {}).get(b, [])) for b in YAW_BINS]
-        n_seeds = len(g["all_mean"])
         avg = []
         for b in YAW_BINS + ("mean_of_bins",):
-            per_seed = [statistics.fmean(g["bins"][a][b][s] for a in angles) if all(
-                math.isfinite(g["bins"][a][b][s]) for a in angles) else float("nan") for s in range(n_seeds)]
+            per_seed = [statistics.fmean(g["bins"][a][b][i] for a in angles) for i in range(len(g["seeds"]))]
             avg.append(_pm(per_seed))
         md.append(f"| {g['label']} | {'rotation' if g['rotation'] else 'no rotation'} | "
                   + " | ".join(at0) + " | " + " | ".join(avg) + " |")
@@ -353,8 +527,10 @@ def write_report(out: Path, runs: list, meta: dict) -> tuple[Path, Path]:
            "![NME vs angle](rotation.png)", ""]
     md_path, png_path = out / "rotation.md", out / "rotation.png"
     atomic_write_bytes(md_path, "\n".join(md).encode("utf-8"))
-    draw_plot(groups, angles, png_path)
-    record = {"meta": meta, "runs": [{**r, "nme": {str(a): v for a, v in r["nme"].items()}} for r in runs]}
+    draw_plot(groups, sorted(negatives) + angles, base, png_path)
+    record = {"meta": meta, "baseline": base, "cpu_minutes": round(seconds / 60, 1),
+              "groups": {k: {kk: vv for kk, vv in g.items() if kk != "bins"} for k, g in groups.items()},
+              "conclusion": conclusion(groups)}
     atomic_write_bytes(out / "rotation.json", (json.dumps(record, indent=1, default=_json_default) + "\n").encode())
     return md_path, png_path
 
@@ -365,38 +541,49 @@ def _json_default(v):
     return str(v)
 
 
-def draw_plot(groups: dict, angles: list, path: Path) -> Path:
-    """NME vs test angle, one line per model, two panels (with / without rotation augmentation); OpenCV only."""
+def draw_plot(groups: dict, angles: list, baseline: dict, path: Path) -> Path:
+    """NME vs test angle, one line per model (mean ± std over the counting seeds), two panels (with / without
+    rotation augmentation); the mean face dashed grey; thin grey verticals at the exact angles. OpenCV only."""
     import cv2
 
-    pw, ph, margin = 520, 380, 60
+    from faceutil.sampleio import atomic_write_bytes
+
+    pw, ph, margin = 560, 380, 60
     img = np.full((ph + 70, 2 * pw, 3), 255, np.uint8)
     values = [mean_std(v)[0] + mean_std(v)[1] for g in groups.values() for v in g["per_angle"].values()]
+    values += [v for a, v in baseline.items() if a in angles]
     values = [v for v in values if math.isfinite(v)]
-    ymax = max(values) * 1.1 if values else 1.0
-    ymax = ymax if ymax > 0 else 1.0
-    amax = max(max(angles), 1) if angles else 180
+    ymax = max(values) * 1.1 if values and max(values) > 0 else 1.0
+    amin, amax = (min(angles), max(angles)) if angles else (0, 180)
+    amax = amax if amax > amin else amin + 1
     font = cv2.FONT_HERSHEY_SIMPLEX
-    for p, rotation in enumerate((True, False)):
+    for p, rotation in enumerate((False, True)):
         x0, y0, x1, y1 = p * pw + margin, 30, p * pw + pw - 20, ph - 40
         cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
         cv2.putText(img, f"{'with' if rotation else 'without'} rotation augmentation", (x0, 20), font, 0.5,
                     (0, 0, 0), 1, cv2.LINE_AA)
 
         def xy(a, v):
-            return (int(round(x0 + (x1 - x0) * a / amax)), int(round(y1 - (y1 - y0) * v / ymax)))
+            return (int(round(x0 + (x1 - x0) * (a - amin) / (amax - amin))), int(round(y1 - (y1 - y0) * v / ymax)))
 
         for a in angles:
             x, _ = xy(a, 0)
-            cv2.line(img, (x, y1), (x, y1 + 4), (0, 0, 0), 1)
-            cv2.putText(img, str(a), (x - 10, y1 + 18), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+            if is_exact(a):
+                cv2.line(img, (x, y0), (x, y1), (210, 210, 210), 1)
+            if a % 45 == 0:
+                cv2.line(img, (x, y1), (x, y1 + 4), (0, 0, 0), 1)
+                cv2.putText(img, str(a), (x - 12, y1 + 18), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
         for k in range(5):
             v = ymax * k / 4
-            _, y = xy(0, v)
+            _, y = xy(amin, v)
             cv2.line(img, (x0 - 4, y), (x0, y), (0, 0, 0), 1)
             cv2.putText(img, f"{v:.1f}", (x0 - 50, y + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, "test rotation (deg)", (x0 + 150, y1 + 34), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, "test rotation (deg)", (x0 + 170, y1 + 34), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         cv2.putText(img, "NME %", (p * pw + 5, y1 + 34), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        base_pts = [xy(a, baseline[a]) for a in angles if a in baseline]
+        for k, (u, w) in enumerate(zip(base_pts[:-1], base_pts[1:])):
+            if k % 2 == 0:
+                cv2.line(img, u, w, (150, 150, 150), 1, cv2.LINE_AA)
         for g in groups.values():
             if g["rotation"] != rotation:
                 continue
@@ -407,25 +594,21 @@ def draw_plot(groups: dict, angles: list, path: Path) -> Path:
                 if not math.isfinite(m):
                     continue
                 pts.append(xy(a, m))
-                top, bottom = xy(a, m + s), xy(a, max(m - s, 0.0))
-                cv2.line(img, top, bottom, colour, 1, cv2.LINE_AA)
+                cv2.line(img, xy(a, m + s), xy(a, max(m - s, 0.0)), colour, 1, cv2.LINE_AA)
             for u, w in zip(pts[:-1], pts[1:]):
                 cv2.line(img, u, w, colour, 2, cv2.LINE_AA)
             for u in pts:
                 cv2.circle(img, u, 3, colour, -1, cv2.LINE_AA)
-    for k, (label, colour) in enumerate(COLOURS_BGR.items()):
-        x = 20 + k * (2 * pw - 40) // 4
+    legend = list(COLOURS_BGR.items()) + [("mean face", (150, 150, 150))]
+    for k, (label, colour) in enumerate(legend):
+        x = 20 + k * (2 * pw - 40) // len(legend)
         cv2.line(img, (x, ph + 35), (x + 30, ph + 35), colour, 2, cv2.LINE_AA)
         cv2.putText(img, label, (x + 36, ph + 40), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise RuntimeError(f"cannot encode the plot {path}")
-    from faceutil.sampleio import atomic_write_bytes
-
-    atomic_write_bytes(path, buf.tobytes())
-    return path
+    atomic_write_bytes(Path(path), buf.tobytes())
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -455,37 +638,48 @@ def machine_line(device) -> str:
     return text + f"; torch {torch.__version__}, torch threads {torch.get_num_threads()}"
 
 
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=1000, help="optimiser steps per training run (the budget)")
-    p.add_argument("--minutes", type=float, default=0.0, help="also stop a run after this many minutes (0 = off)")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps per training run (the budget)")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--width-mult", type=float, default=1.0,
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (after the warm-up)")
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps; cosine to zero after them")
+    p.add_argument("--weight-decay", type=float, default=2e-4)
+    p.add_argument("--width-mult", type=float, default=0.5,
                    help=f"E2TKFace width for all encoders (>= {MIN_WIDTH}); PRNet has no width and runs full size")
-    p.add_argument("--size", type=int, default=256, choices=(64, 128, 256),
+    p.add_argument("--size", type=int, default=128, choices=(64, 128, 256),
                    help="network input size for all models alike (the toolkit's --input-size: < 256 runs the "
                         "network on the area-downsampled crop and upsamples its position map, model.head.PosmapIO)")
-    p.add_argument("--head", default="published", choices=("published", "mean-residual"),
+    p.add_argument("--head", default="mean-residual", choices=("published", "mean-residual"),
                    help="output head for all models alike (the toolkit's --head)")
     p.add_argument("--topk", type=int, default=None,
-                   help="E2TKFace top-k windows (default: the published fraction of windows, 4 at 256, 1 at 128)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="training autocast precision")
-    p.add_argument("--train-count", type=int, default=1000)
-    p.add_argument("--test-count", type=int, default=200)
+                   help="E2TKFace top-k windows (default: the published fraction of windows, 4 at 256, 1 below)")
+    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"), help="training autocast precision")
+    p.add_argument("--train-count", type=int, default=800)
+    p.add_argument("--test-count", type=int, default=120)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--models", nargs="+", default=[m[0] for m in MODELS], choices=[m[0] for m in MODELS])
-    p.add_argument("--angles", type=int, nargs="+", default=list(ANGLES))
+    p.add_argument("--angles", type=int, nargs="+", default=list(ANGLES),
+                   help="test rotations in [0, 180] (the negative side is added for --negative-models)")
+    p.add_argument("--negative-models", nargs="*", default=[m[0] for m in MODELS], choices=[m[0] for m in MODELS],
+                   help="models also tested at the negated angles (the symmetry check)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="folder for rotation.md / .png / .json")
+    p.add_argument("--runs", default=None, help=f"folder of the per-run JSON files (default: {RUNS_DIR}; with "
+                                                f"--smoke: <out>/rotation_runs)")
     p.add_argument("--work", default=None,
                    help=f"folder for the synthetic data (default: {DEFAULT_WORK}; --smoke: <out>/rotation_data)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--workers", type=int, default=0, help="training data loader workers")
+    p.add_argument("--budget-minutes", type=float, default=0.0,
+                   help="start no new run after this many minutes (0 = train every missing run)")
     p.add_argument("--smoke", action="store_true", help="tiniest sizes, everything once, ~1 min on 2 CPU cores")
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="no training: write the report from rotation.json files of partial runs (e.g. one --models "
-                        "per machine call) into --out")
+    p.add_argument("--report-only", action="store_true", help="no training: rewrite the report from --runs")
+    p.add_argument("--merge", nargs="+", default=None, metavar="PATH",
+                   help="no training: write the report into --out from run files and folders of them (e.g. made on "
+                        "several machines); they must share every setting")
     args = p.parse_args(argv)
     if args.merge:
         return args
@@ -501,92 +695,137 @@ def parse_args(argv=None) -> argparse.Namespace:
         from model.head import published_topk
 
         args.topk = published_topk(args.size)
-    if len(args.seeds) < 2:
+    if len(set(args.seeds)) < 2:
         p.error("--seeds needs at least two seeds (the report gives mean ± std)")
-    if args.steps < 1 or args.batch < 1 or args.train_count < 1 or args.test_count < 1:
-        p.error("--steps, --batch, --train-count and --test-count must be >= 1")
+    if min(args.steps, args.batch, args.train_count, args.test_count) < 1 or args.warmup < 0:
+        p.error("--steps, --batch, --train-count and --test-count must be >= 1, --warmup >= 0")
+    if any(not 0 <= a <= 180 for a in args.angles) or 0 not in args.angles:
+        p.error("--angles must lie in [0, 180] and include 0 (the unrotated reference)")
+    args.angles = sorted(set(args.angles))
     return args
 
 
-def merge_reports(paths, out: Path) -> dict:
-    """Combine the runs of several rotation.json files (partial studies with the same settings) into one report."""
-    runs, metas = [], []
-    for path in paths:
-        record = json.loads(Path(path).read_text())
-        metas.append(record["meta"])
-        for r in record["runs"]:
-            runs.append({**r, "nme": {int(a): v for a, v in r["nme"].items()}})
-    keys = ("steps", "batch", "lr", "width_mult", "train_count", "test_count", "data_seed", "minutes", "size", "topk",
-            "precision", "head")
-    differ = [k for k in keys if len({json.dumps(m.get(k)) for m in metas}) > 1]
-    if differ:
-        raise SystemExit(f"cannot merge {', '.join(map(str, paths))}: they differ in {', '.join(differ)}")
-    meta = dict(metas[0])
-    meta["command"] = " ; ".join(m["command"] for m in metas)
-    meta["seeds"] = sorted({r["seed"] for r in runs})
-    meta["smoke"] = any(m.get("smoke") for m in metas)
-    meta["date"] = ", ".join(sorted({m["date"] for m in metas}))
-    meta["machine"] = "; ".join(sorted({m["machine"] for m in metas}))
-    meta["device"] = ", ".join(sorted({m["device"] for m in metas}))
-    md, png = write_report(out, runs, meta)
-    print(f"merged {len(runs)} runs from {len(metas)} files into {md} and {png}", flush=True)
-    return {"runs": runs, "meta": meta, "markdown": md, "png": png}
+def study_settings(args) -> dict:
+    return {"steps": args.steps, "batch": args.batch, "lr": args.lr, "warmup": args.warmup,
+            "weight_decay": args.weight_decay, "width_mult": args.width_mult, "size": args.size, "head": args.head,
+            "topk": args.topk, "precision": args.precision, "train_count": args.train_count,
+            "test_count": args.test_count, "data_seed": args.data_seed, "angles": list(args.angles)}
+
+
+def report_meta(runs: list, baseline: dict | None, settings: dict, smoke: bool = False) -> dict:
+    records = runs + ([baseline] if baseline else [])
+    return {"settings": settings, "smoke": smoke, "seeds": sorted({r["seed"] for r in runs}),
+            "commands": sorted({r.get("command", "?") for r in records}),
+            "dates": sorted({r.get("date", "?")[:10] for r in records}),
+            "machines": sorted({r.get("machine", "?") for r in records})}
+
+
+def write_from_runs(paths, out: Path, smoke: bool = False) -> dict:
+    """Collect run files (naming and skipping bad ones), then write the report; returns the result dict."""
+    runs, baseline, problems = collect_runs(paths)
+    for text in problems:
+        print(f"skipped: {text}", flush=True)
+    if not runs:
+        raise SystemExit(f"no usable run files in {', '.join(map(str, paths))}; nothing to report.")
+    settings = (runs[0] if runs else baseline)["settings"]
+    if baseline is None:
+        print("no mean-face reference (baseline.json) among the inputs: no run can count", flush=True)
+    meta = report_meta(runs, baseline, settings, smoke)
+    md, png = write_report(out, runs, baseline, meta)
+    print(f"wrote {md} and {png} from {len(runs)} runs", flush=True)
+    return {"runs": runs, "baseline": baseline, "meta": meta, "markdown": md, "png": png, "problems": problems}
+
+
+def _stamp(device, argv) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    return {"command": "python -m benchmarks.rotation_study " + " ".join(shlex.quote(a) for a in argv),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine_line(device)}
+
+
+def _existing(path: Path, settings: dict) -> dict | None:
+    """The finished run in `path`, None when it must be trained (absent or corrupt: said so); SystemExit with one
+    sentence when it was made with other settings."""
+    if not path.exists():
+        return None
+    try:
+        record = read_run(path)
+    except RunFileError as err:
+        print(f"{err}: training it again", flush=True)
+        return None
+    diff = settings_difference(settings, record["settings"])
+    if diff:
+        raise SystemExit(f"{path} was made with other settings ({diff} there); pass another --runs folder or "
+                         f"remove it.")
+    return record
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    out = Path(args.out)
     if args.merge:
-        return merge_reports(args.merge, Path(args.out))
+        return write_from_runs(args.merge, out)
+    runs_dir = Path(args.runs) if args.runs else (out / "rotation_runs" if args.smoke else RUNS_DIR)
+    if args.report_only:
+        return write_from_runs([runs_dir], out, args.smoke)
     from data.dataset import AFLWEvalSet
+    from data.index import read_index
     from engine.evaluate import MeanPosmapModel
-    from engine.train import uv_tables
+    from faceutil.uv import uv_layout
+    from faceutil.facemodel import load_model
     from model.device import get_device
 
     start = time.perf_counter()
     device = get_device(args.device)
-    out = Path(args.out)
+    settings = study_settings(args)
     work = Path(args.work) if args.work else (out / "rotation_data" if args.smoke else DEFAULT_WORK)
-    weight_mask, kpt_ind, _ = uv_tables("synthetic")
-    from faceutil.morphable import load_model
-
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    layout = uv_layout("synthetic")
+    weight_mask, kpt_ind = layout.weight_mask, layout.kpt_ind
     train_root, test_raw = make_data(work, args.train_count, args.test_count, args.data_seed, load_model("synthetic"))
     eval_set = AFLWEvalSet(test_raw)
     items = [eval_set[i] for i in range(len(eval_set))]
     print(f"data ready in {time.perf_counter() - start:.1f} s: {train_root} (train), {test_raw} "
           f"({len(items)} test images); device {device}", flush=True)
-    from data.index import read_index
-
-    baseline = evaluate_angles(MeanPosmapModel(train_root, read_index(train_root)), items, kpt_ind, device,
-                               args.batch, args.angles)
-    print("mean-face constant: NME " + " ".join(f"{a}°:{v['mean']:.1f}" for a, v in baseline.items()), flush=True)
-    runs = []
+    all_angles = args.angles + [-a for a in args.angles if 0 < a < 180]
+    baseline_path = runs_dir / BASELINE_FILE
+    if _existing(baseline_path, settings) is None:
+        t0 = time.perf_counter()
+        nme = evaluate_angles(MeanPosmapModel(train_root, read_index(train_root)), items, kpt_ind, device,
+                              args.batch, all_angles)
+        write_run(baseline_path, {"kind": "baseline", "settings": settings, "nme": nme, **_stamp(device, argv),
+                                  "facts": {"seconds": round(time.perf_counter() - t0, 2)}})
+        print("mean-face constant: NME " + " ".join(f"{a}°:{v['mean']:.1f}" for a, v in nme.items()), flush=True)
+    deadline = start + 60.0 * args.budget_minutes if args.budget_minutes > 0 else None
+    trained = skipped = 0
     for seed in args.seeds:
         for label, name, base in MODELS:
             if label not in args.models:
                 continue
             kwargs = model_kwargs(name, base, args.width_mult, args.topk, args.size, args.head)
-            for rotation in (True, False):
-                model, facts = train_model(name, kwargs, train_root, rotation, seed, args.steps, args.batch, args.lr,
-                                           device, weight_mask, args.minutes, args.workers, args.precision)
-                nme = evaluate_angles(model, items, kpt_ind, device, args.batch, args.angles)
-                runs.append({"label": label, "model": name, "kwargs": kwargs, "rotation": rotation, "seed": seed,
-                             "facts": facts, "nme": nme})
+            for rotation in (False, True):
+                path = runs_dir / run_filename(label, rotation, seed)
+                if _existing(path, settings) is not None:
+                    skipped += 1
+                    continue
+                if deadline is not None and time.perf_counter() > deadline:
+                    print(f"--budget-minutes {args.budget_minutes:g} reached: not starting {path.name}", flush=True)
+                    continue
+                model, facts = train_model(name, kwargs, train_root, rotation, seed, settings, device, weight_mask,
+                                           args.workers)
+                t0 = time.perf_counter()
+                angles = all_angles if label in args.negative_models else args.angles
+                nme = evaluate_angles(model, items, kpt_ind, device, args.batch, angles)
+                facts["eval_seconds"] = round(time.perf_counter() - t0, 2)
+                write_run(path, {"label": label, "model": name, "kwargs": kwargs, "rotation": rotation, "seed": seed,
+                                 "settings": settings, "facts": facts, "nme": nme, **_stamp(device, argv)})
+                trained += 1
                 print(f"seed {seed} {label:<18} {'rot' if rotation else 'no-rot'}: {facts['steps']} steps "
-                      f"{facts['train_seconds']:.1f} s, NME " + " ".join(f"{a}°:{v['mean']:.1f}"
-                                                                      for a, v in nme.items()), flush=True)
+                      f"{facts['train_seconds']:.0f} s + eval {facts['eval_seconds']:.0f} s, NME "
+                      + " ".join(f"{a}°:{v['mean']:.1f}" for a, v in nme.items() if a >= 0), flush=True)
                 del model
-    meta = {"command": "python -m benchmarks.rotation_study " + " ".join(shlex.quote(a) for a in
-                                                                          (sys.argv[1:] if argv is None else argv)),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine_line(device), "device": str(device), "steps": args.steps, "batch": args.batch,
-            "minutes": args.minutes, "lr": args.lr, "seeds": list(args.seeds), "data_seed": args.data_seed,
-            "train_count": args.train_count, "test_count": len(items), "width_mult": args.width_mult,
-            "size": args.size, "head": args.head, "topk": args.topk, "precision": args.precision,
-            "smoke": bool(args.smoke), "baseline": {str(a): v["mean"] for a, v in baseline.items()},
-            "total_seconds": round(time.perf_counter() - start, 1)}
-    md, png = write_report(out, runs, meta)
-    print(f"wrote {md} and {png} in {time.perf_counter() - start:.1f} s", flush=True)
-    return {"runs": runs, "meta": meta, "markdown": md, "png": png}
+    print(f"{trained} runs trained, {skipped} found in {runs_dir}", flush=True)
+    return write_from_runs([runs_dir], out, args.smoke)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.dataset import PosmapDataset  # noqa: E402
 from data.loader import build_loader  # noqa: E402
-from faceutil.morphable import load_model  # noqa: E402
+from faceutil.facemodel import load_model  # noqa: E402
 from faceutil.process import process_dataset  # noqa: E402
 from faceutil.synthetic import synthesize_dataset  # noqa: E402
 from faceutil.uv import build_uv_layout  # noqa: E402

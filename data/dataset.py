@@ -115,6 +115,14 @@ class PosmapDataset(Dataset):
         return self._shared is not None
 
     @property
+    def face_model(self) -> dict | None:
+        """The processor's record of the face model that made this folder ({"bfm", "fingerprint", "size"}; see
+        faceutil.uv.FACE_MODEL_FILE), None for a folder processed before the record existed."""
+        from faceutil.uv import read_face_model_record
+
+        return read_face_model_record(self.root)
+
+    @property
     def shared_posmaps(self) -> torch.Tensor | None:
         """The pre-read (N, 256, 256, 3) tensor of all position maps (crop pixels), or None when memory-mapping."""
         return self._shared

@@ -9,7 +9,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from config import Config
@@ -93,12 +92,11 @@ def refresh_batchnorm(checkpoint: Path, out_path: Path, config: Config, images: 
 
     from data.dataset import PosmapDataset
     from data.index import read_index
-    from engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
-    from engine.train import default_factory
+    from engine.checkpoint import save_checkpoint
+    from engine.loading import load_network
 
-    ck = load_checkpoint(checkpoint)
-    model = default_factory(ck["model_name"], **ck["model_kwargs"])
-    load_weights(model, ck, checkpoint)
+    loaded = load_network(checkpoint, train=True)
+    model, ck = loaded.module, loaded.checkpoint
     names = read_index(config.train_dir)[:images]
     loader = torch.utils.data.DataLoader(PosmapDataset(config.train_dir, names), batch_size=config.batch_size)
     with torch.no_grad():
@@ -110,12 +108,13 @@ def refresh_batchnorm(checkpoint: Path, out_path: Path, config: Config, images: 
 
 def run_demo(config: Config) -> dict:
     """Run the demo; prints progress and the before/after NME; returns the summary dict (also demo_summary.json)."""
-    from faceutil.morphable import load_model
+    from faceutil.facemodel import load_model
     from faceutil.sampleio import atomic_write_bytes
-    from faceutil.uv import POSMAP_SCALE, build_uv_layout
+    from faceutil.uv import POSMAP_SCALE, uv_layout
 
     from engine.evaluate import MeanPosmapModel, run_evaluation
-    from engine.train import default_factory, model_spec, needs_mean_posmap, run_training
+    from engine.loading import default_factory, model_spec, needs_mean_posmap
+    from engine.train import run_training
 
     start = time.perf_counter()
     config = demo_config(config)
@@ -123,9 +122,7 @@ def run_demo(config: Config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     print(f"E2TKFace demo in {out} (synthetic face model and data, {config.device})", flush=True)
     face_model = load_model("synthetic")
-    layout = build_uv_layout(face_model)
-    uv = (np.asarray(layout.weight_mask, np.float32), np.asarray(layout.kpt_ind, np.int64),
-          np.asarray(layout.face_mask, bool))
+    uv = uv_layout("synthetic")
     paths = _make_data(out / "data", config, face_model)
     run_dir = out / "run"
     cfg = config.replace(train_dir=str(paths["train"]), predict_dir=str(paths["test"]), out=str(run_dir),

@@ -7,17 +7,20 @@ import csv
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from config import Config, resolve_bfm
-from engine.checkpoint import check_model_identity, load_checkpoint, load_weights
 from engine.errors import RunError
+
+if TYPE_CHECKING:
+    from faceutil.uv import UVLayout
 
 PROTOCOL = ("AFLW2000-3D protocol: 68-point NME (%) normalised by sqrt(w*h) of the ground-truth 2D landmark box; "
             "yaw = degrees(Pose_Para[1]) as stored, bins on |yaw| (not wrapped); 3D: z of prediction and truth "
@@ -63,23 +66,18 @@ def _fmt(value: float) -> str:
 
 # --------------------------------------------------------------------------------------------- model loading
 def load_for_inference(path: str | Path, config: Config, factory: Callable[..., nn.Module] | None = None,
-                       device: torch.device | None = None) -> tuple[nn.Module, str]:
-    """Model from a checkpoint, in eval mode (exported when --export and the model offers export()).
+                       device: torch.device | None = None):
+    """engine.loading.LoadedNetwork of a checkpoint for evaluation: eval mode, exported when --export and the model
+    offers export(), on `device`, channels_last / compiled as the config says. The checkpoint's recorded model
+    name/kwargs win (an explicit different --model is a RunError); the face model is --bfm when given, else the one
+    the checkpoint records."""
+    from engine.loading import load_network, model_spec
 
-    The checkpoint's recorded model name/kwargs win; an explicit different --model is a RunError.
-    """
-    from engine.train import default_factory, model_spec
-
-    ck = load_checkpoint(path)
+    given = config.given
     name, kwargs = model_spec(config)
-    check_model_identity(ck, path, name, "model" in config.given)
-    if ck.get("model_name") is not None:
-        name, kwargs = ck["model_name"], dict(ck["model_kwargs"])
-    model = (factory or default_factory)(name, **kwargs)
-    load_weights(model, ck, path)
-    model.eval()
-    if config.export and hasattr(model, "export"):
-        model = model.export()
+    loaded = load_network(path, model=name if "model" in given else None, model_kwargs=kwargs,
+                          bfm=config.bfm if "bfm" in given else None, export=config.export, factory=factory)
+    model = loaded.module
     if device is not None:
         model = model.to(device)
     if config.channels_last:
@@ -87,7 +85,8 @@ def load_for_inference(path: str | Path, config: Config, factory: Callable[..., 
 
         to_channels_last(model)
     model = model.eval()
-    return (torch.compile(model) if config.compile else model), name
+    loaded.module = torch.compile(model) if config.compile else model
+    return loaded
 
 
 # --------------------------------------------------------------------------------------------- core
@@ -125,7 +124,7 @@ def evaluate_model(model: nn.Module, dataset, kpt_ind: np.ndarray, face_mask: np
     from faceutil.metrics import dense_nme, nme, nme_by_yaw
     from faceutil.uv import posmap_landmarks
 
-    from engine.train import to_posmaps
+    from model.head import to_posmaps
     from model.device import autocast_context
 
     device = torch.device(device)
@@ -253,13 +252,16 @@ def write_summary(report: EvalReport, path: str | Path, extra: dict | None = Non
 # --------------------------------------------------------------------------------------------- CLI entry
 def run_evaluation(config: Config, checkpoint: str | Path | None = None,
                    factory: Callable[..., nn.Module] | None = None, model: nn.Module | None = None,
-                   tag: str | None = None, quiet: bool = False, uv: tuple | None = None) -> EvalReport:
+                   tag: str | None = None, quiet: bool = False, uv: UVLayout | None = None) -> EvalReport:
     """-test=True: evaluate ``checkpoint`` (or --loadModelPath, or an in-memory ``model``) on -pd.
 
-    Prints the table, writes <run>/eval-<folder>[-tag].csv and .json. Returns the report.
+    checkpoint: a .pth, or an exported .onnx file (fp32 or int8, run by onnxruntime), so the NME of the file that is
+    deployed can be quoted. The face model (landmark pixels, face mask) is --bfm when given, else the one the file
+    records. Prints the table, writes <run>/eval-<folder>[-tag].csv and .json (with the face model). Returns the
+    report.
     """
     from data.dataset import AFLWEvalSet
-    from engine.train import uv_tables
+    from faceutil.uv import check_face_model, uv_layout
     from model.device import get_device
 
     checkpoint = checkpoint or config.load_model_path
@@ -267,9 +269,22 @@ def run_evaluation(config: Config, checkpoint: str | Path | None = None,
         raise RunError("Evaluation needs a checkpoint: pass --loadModelPath=PATH.")
     dataset = AFLWEvalSet(config.predict_dir)
     device = get_device(config.device)
-    if model is None:
-        model, _ = load_for_inference(checkpoint, config, factory, device)
-    _, kpt_ind, face_mask = uv if uv is not None else uv_tables(resolve_bfm(config.bfm))
+    bfm = resolve_bfm(config.bfm)
+    if model is None and Path(checkpoint).suffix.lower() == ".onnx":
+        from engine.backends import BackendModule, open_network
+
+        opened = open_network(checkpoint, device=device, bfm=config.bfm if "bfm" in config.given else None,
+                              model=config.model if "model" in config.given else None, precision=config.precision)
+        model, bfm = BackendModule(opened.backend), opened.bfm
+    elif model is None:
+        loaded = load_for_inference(checkpoint, config, factory, device)
+        model, bfm = loaded.module, loaded.bfm
+    layout = uv if uv is not None else uv_layout(bfm)
+    kpt_ind, face_mask = layout.kpt_ind, layout.face_mask
+    if dataset.kind == "processed":                              # its position maps must be of this UV layout
+        note = check_face_model(config.predict_dir, bfm, layout)
+        if note and not quiet:
+            print(note, file=sys.stderr)
     report = evaluate_model(model, dataset, kpt_ind, face_mask, device, config.batch_size,
                             progress=config.progress and not quiet, folder=str(config.predict_dir),
                             precision=config.precision)
@@ -278,7 +293,8 @@ def run_evaluation(config: Config, checkpoint: str | Path | None = None,
     out = Path(config.out) if config.out else (Path(checkpoint).parent if checkpoint else Path("."))
     stem = f"eval-{Path(config.predict_dir).resolve().name}" + (f"-{tag}" if tag else "")
     write_csv(report, out / f"{stem}.csv")
-    write_summary(report, out / f"{stem}.json", {"checkpoint": str(checkpoint) if checkpoint else None})
+    write_summary(report, out / f"{stem}.json", {"checkpoint": str(checkpoint) if checkpoint else None,
+                                                 "face_model": bfm})
     if not quiet:
         print(report.table())
         print(f"per-image results: {report.csv_path}")

@@ -176,50 +176,6 @@ def export_onnx(model, path, model_name: str, model_kwargs: dict | None = None, 
     return meta
 
 
-class OnnxBackend:
-    """onnxruntime session over an exported file; same call contract as engine.predict.TorchBackend.
-
-    metadata: the file's metadata_props as a dict. max_batch: 1 for files exported with a fixed batch, else None.
-    """
-
-    name = "onnxruntime"
-
-    def __init__(self, path, device=None, threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:  # pragma: no cover - listed in requirements.txt
-            raise RunError("onnxruntime is not installed, so the .onnx model cannot be run (pip install "
-                           "onnxruntime).") from None
-        path = Path(path)
-        providers = ["CPUExecutionProvider"]
-        if device is not None and str(device).startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RunError(f"--device={device} was asked for, but this onnxruntime has no CUDA provider.")
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as err:  # onnxruntime raises InvalidProtobuf / Fail / ... for damaged files
-            detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            raise RunError(f"Cannot load the ONNX model {path}: {detail}.") from None
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or list(inputs[0].shape)[1:] != [3, 256, 256]:
-            raise RunError(f"The ONNX model {path} does not take one (B, 3, 256, 256) image input.")
-        self.input_name = inputs[0].name
-        self.max_batch = 1 if self.metadata.get("batch") == "1" or isinstance(inputs[0].shape[0], int) else None
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """batch (B, 3, 256, 256) float32 in [0, 1] -> (B, 3, 256, 256) float32 network output."""
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.max_batch == 1 and len(x) > 1:
-            return np.concatenate([self(x[i:i + 1]) for i in range(len(x))])
-        return self.session.run(None, {self.input_name: x})[0]
-
-
 def OnnxPredictor(path, device=None, bfm: str | None = None, batch_size: int = 8, detector=None):
     """The onnxruntime twin of engine.predict.Predictor (same __call__(image, boxes) -> list[FaceResult])."""
     from engine.predict import Predictor
@@ -233,7 +189,7 @@ def run_export(config, checkpoint=None) -> Path:
     """CLI entry: -export=onnx|onnx-int8 --loadModelPath=CKPT -o=model.onnx [-td=CALIBRATION_FOLDER]. The int8
     export calibrates on crops of -td (default: the training folder the checkpoint records). Prints where the file
     went; RunError on failure."""
-    from engine.predict import load_torch_model, resolve_bfm_spec
+    from engine.loading import load_network
 
     fmt = str(config.export_format).lower()
     if fmt not in FORMATS:
@@ -243,9 +199,10 @@ def run_export(config, checkpoint=None) -> Path:
         raise RunError(f"-export={fmt} needs --loadModelPath=PATH to a checkpoint.")
     given = getattr(config, "given", ())
     model = config.model if "model" in given else None
-    net, name, kwargs, ck = load_torch_model(source, model, dict(config.model_kwargs), export=True)
-    recorded = ck.get("config") if isinstance(ck.get("config"), dict) else {}
-    bfm = resolve_bfm_spec(config.bfm if "bfm" in given else recorded.get("bfm"))
+    loaded = load_network(source, model=model, model_kwargs=dict(config.model_kwargs),
+                          bfm=config.bfm if "bfm" in given else None, export=True)
+    net, name, kwargs, bfm = loaded.module, loaded.name, loaded.kwargs, loaded.bfm
+    recorded = loaded.checkpoint.get("config") if isinstance(loaded.checkpoint.get("config"), dict) else {}
     crops = None
     if FORMATS[fmt] == "int8":
         folder = config.train_dir if "train_dir" in given else recorded.get("train_dir")

@@ -22,17 +22,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from config import Config, ConfigError, resolve_bfm
+from config import Config, ConfigError
 from data.dataset import MEAN_POSMAP_LIMIT
 from engine import distributed as D
-from engine.checkpoint import (capture_rng_state, check_model_identity, load_checkpoint, load_weights,
-                               make_checkpoint, restore_rng_state, save_checkpoint, unwrap)
+from engine.checkpoint import (capture_rng_state, load_checkpoint, make_checkpoint, restore_rng_state,
+                               save_checkpoint, unwrap)
 from engine.errors import RunError
+from engine.loading import (default_factory, face_model_for, load_network, model_spec, needs_mean_posmap,
+                            recorded_bfm)
 from engine.monitor import Monitor, landmark_panel, posmap_panel
 from engine.optim import lr_factor, parameter_groups
 from faceutil.errors import FaceUtilError
-from faceutil.uv import POSMAP_SCALE
+from faceutil.uv import UVLayout, check_face_model, uv_layout
 from model.device import autocast_context, grad_scaler, to_channels_last
+from model.head import to_posmaps
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -49,36 +52,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------------ small helpers
-POSMAP_MODELS = ("e2tkface", "prnet")          # the registered models that take --head and --input-size
-
-
-def model_spec(config: Config) -> tuple[str, dict]:
-    """(registered model name, constructor kwargs) the config asks for; --encoder applies to e2tkface only,
-    --head and --input-size to the position-map networks (POSMAP_MODELS)."""
-    kwargs = dict(config.model_kwargs)
-    if config.model == "e2tkface":
-        kwargs.setdefault("encoder", config.encoder)
-    if config.model in POSMAP_MODELS:
-        kwargs.setdefault("head", config.head)
-        kwargs.setdefault("input_size", config.input_size)
-    return config.model, kwargs
-
-
-def needs_mean_posmap(model: nn.Module) -> bool:
-    """Whether the model's output head adds a mean position map (model.head.PosmapIO, head "mean-residual")."""
-    io = getattr(unwrap(model), "io", None)
-    return io is not None and io.head == "mean-residual"
-
-
-def default_factory(name: str, **kwargs) -> nn.Module:
-    from model.registry import build_model
-
-    try:
-        return build_model(name, **kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"Cannot build --model={name} with arguments {kwargs}: {err}.") from None
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -102,25 +75,6 @@ def resume_path(config: Config) -> Path | None:
     if not path.is_file():
         raise RunError(f"Cannot resume: {path} does not exist.")
     return path
-
-
-@functools.lru_cache(maxsize=2)
-def uv_tables(bfm: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(weight_mask (256,256) float32, kpt_ind (2,68) int64, face_mask (256,256) bool) of the face model's UV.
-
-    bfm: "synthetic" or a face3d data/Out folder. Cached per process (building the synthetic model takes seconds).
-    """
-    from faceutil.morphable import load_model
-    from faceutil.uv import build_uv_layout
-
-    layout = build_uv_layout(load_model(bfm))
-    return (np.asarray(layout.weight_mask, dtype=np.float32), np.asarray(layout.kpt_ind, dtype=np.int64),
-            np.asarray(layout.face_mask, dtype=bool))
-
-
-def to_posmaps(output: torch.Tensor) -> np.ndarray:
-    """Network output (B, 3, H, W) = posmap / 280 -> (B, H, W, 3) float32 position maps in crop pixels."""
-    return (output.detach().float().cpu() * POSMAP_SCALE).permute(0, 2, 3, 1).numpy()
 
 
 def to_uint8_images(images: torch.Tensor) -> np.ndarray:
@@ -199,14 +153,14 @@ def log_sample(monitor: Monitor, sample, kpt_ind: np.ndarray, step: int, prefix:
 EpochCallback = Callable[[nn.Module, dict], None]
 
 
-def run_training(config: Config, model_factory: ModelFactory | None = None, uv: tuple | None = None,
+def run_training(config: Config, model_factory: ModelFactory | None = None, uv: UVLayout | None = None,
                  on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train as the config says: one process, --gpu=N spawned processes, or one rank under torchrun.
 
-    model_factory(name, **kwargs) -> nn.Module (default model.registry.build_model); uv: precomputed
-    uv_tables(...) result (default: computed from --bfm). on_epoch(model, record): called in a single-process run
-    after every epoch's checkpoint is written, with the (unwrapped, training-mode) network and the epoch's history
-    record (e.g. to evaluate a learning curve; its time is not counted in the record's train_seconds).
+    model_factory(name, **kwargs) -> nn.Module (default model.registry.build_model); uv: the faceutil.uv.UVLayout
+    to train against (default: the face model's, faceutil.uv.uv_layout). on_epoch(model, record): called in a
+    single-process run after every epoch's checkpoint is written, with the (unwrapped, training-mode) network and
+    the epoch's history record (e.g. to evaluate a learning curve; its time is not counted in its train_seconds).
     """
     if on_epoch is not None and (D.launched_by_torchrun() or config.gpus > 1):
         raise ConfigError("An epoch callback runs in single-process training only.")
@@ -220,7 +174,6 @@ def run_training(config: Config, model_factory: ModelFactory | None = None, uv: 
             _say(D.DistInfo(), f"warning: no CUDA device; --gpu={config.gpus} starts {config.gpus} CPU processes "
                                f"(gloo).")
         config = resolve_run_folder(config)
-        uv = uv if uv is not None else uv_tables(resolve_bfm(config.bfm))
         D.spawn(_spawned_worker, (config, model_factory, uv), config.gpus)
         out = Path(config.out)
         history = json.loads((out / "history.json").read_text()) if (out / "history.json").is_file() else []
@@ -228,12 +181,12 @@ def run_training(config: Config, model_factory: ModelFactory | None = None, uv: 
     return train_worker(config, D.DistInfo(), model_factory, uv, on_epoch)
 
 
-def _spawned_worker(config: Config, model_factory: ModelFactory | None, uv: tuple | None) -> None:
+def _spawned_worker(config: Config, model_factory: ModelFactory | None, uv: UVLayout | None) -> None:
     train_worker(config, D.info_from_env(), model_factory, uv)
 
 
 def train_worker(config: Config, info: D.DistInfo, model_factory: ModelFactory | None = None,
-                 uv: tuple | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+                 uv: UVLayout | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
     """One training process (rank ``info.rank`` of ``info.world_size``)."""
     device = D.process_device(config.device, info)
     if info.distributed and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -279,8 +232,63 @@ def _build_data(config: Config, info: D.DistInfo):
     return train_set, val_set, loader
 
 
+@dataclass
+class _TrainState:
+    """Everything one training process carries from epoch to epoch."""
+
+    config: Config
+    info: D.DistInfo
+    device: torch.device
+    name: str
+    kwargs: dict
+    bfm: str
+    model: nn.Module                       # the plain network (checkpoints, callbacks)
+    net: nn.Module                         # what runs the forward pass (DDP-wrapped when distributed)
+    optimizer: torch.optim.Optimizer
+    scaler: object
+    loss_fn: nn.Module
+    kpt_ind: np.ndarray
+    train_set: object
+    val_set: object
+    loader: object
+    schedule: Callable[[int], float]       # optimiser step -> learning rate / base learning rate
+    monitor: Monitor
+    step: int = 0
+    start_epoch: int = 0
+    best_loss: float = math.inf
+    history: list = field(default_factory=list)
+    deadline: float | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+
 def _train(config: Config, info: D.DistInfo, device: torch.device, factory: ModelFactory,
-           uv: tuple | None, on_epoch: EpochCallback | None = None) -> TrainResult:
+           uv: UVLayout | None, on_epoch: EpochCallback | None = None) -> TrainResult:
+    state = _setup(config, info, device, factory, uv)
+    config = state.config
+    if info.is_main:
+        n_val = 0 if state.val_set is None else len(state.val_set)
+        print(f"training {state.name} on {len(state.train_set)} samples ({n_val} validation), {info.world_size} "
+              f"process(es) on {device}, batch {config.batch_size} per process, epochs "
+              f"{state.start_epoch + 1}..{config.epochs}; run folder {state.out}", flush=True)
+    try:
+        for epoch in range(state.start_epoch, config.epochs):
+            record, stop_early = _train_epoch(state, epoch)
+            _end_epoch(state, epoch, record, on_epoch)
+            if stop_early:
+                _say(info, f"--time-limit of {config.time_limit:g} min reached: stopped after epoch {epoch + 1}")
+                break
+    finally:
+        state.monitor.close()
+    history = D.broadcast_object(state.history if info.is_main else None)
+    return TrainResult(state.out, state.out / "best.pth", state.out / "last.pth", history, state.model)
+
+
+def _setup(config: Config, info: D.DistInfo, device: torch.device, factory: ModelFactory,
+           uv: UVLayout | None) -> _TrainState:
+    """Run folder, face model, data, network (fresh or from a checkpoint), optimiser, and the resumed state."""
     from model.loss import WeightedPosmapLoss
 
     autocast_context(device, config.precision)                  # fp16 without CUDA: one sentence, before any work
@@ -288,32 +296,41 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
     config = D.broadcast_object(resolve_run_folder(config) if info.is_main else None)
     out = Path(config.out)
     ckpt_resume = resume_path(config)
-    bfm = resolve_bfm(config.bfm)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        config.replace(bfm=bfm).save_json(out / "config.json")
-    weight_mask, kpt_ind, _ = uv if uv is not None else uv_tables(bfm)
-    train_set, val_set, loader = _build_data(config, info)
-
-    # --- model (identity from the checkpoint when loading one)
-    name, kwargs = model_spec(config)
     source = ckpt_resume or (Path(config.load_model_path) if config.load_model_path else None)
     source_ckpt = load_checkpoint(source) if source is not None else None
-    if source_ckpt is not None:
-        check_model_identity(source_ckpt, source, name, "model" in config.given)
-        if source_ckpt.get("model_name") is not None:
-            name, kwargs = source_ckpt["model_name"], dict(source_ckpt["model_kwargs"])
-    torch.manual_seed(config.seed)
-    model = factory(name, **kwargs).to(device)
-    if source_ckpt is not None:
-        load_weights(model, source_ckpt, source)                 # the mean position map comes with the weights
-    elif needs_mean_posmap(model):
+    # the face model: --bfm when given, else the one the checkpoint trained on; stored resolved, so what a
+    # checkpoint means never depends on the working directory
+    bfm = face_model_for(config.bfm if "bfm" in config.given else None,
+                         recorded_bfm(source_ckpt) if source_ckpt is not None else config.bfm)
+    config = config.replace(bfm=bfm)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save_json(out / "config.json")
+    layout = uv if uv is not None else uv_layout(bfm)
+    for folder in dict.fromkeys(f for f in (config.train_dir, config.val_dir) if f is not None):
         try:
-            model.io.set_mean_posmap(train_set.mean_posmap())
+            note = check_face_model(folder, bfm, layout)      # a folder of another UV layout: one sentence
         except FaceUtilError as err:
-            raise RunError(str(err)) from None
-        _say(info, f"mean-residual head: mean position map of {min(len(train_set), MEAN_POSMAP_LIMIT)} training "
-                   f"samples")
+            raise RunError(f"{err}.") from None
+        if note:
+            _say(info, note)
+    train_set, val_set, loader = _build_data(config, info)
+
+    name, kwargs = model_spec(config)
+    torch.manual_seed(config.seed)
+    if source_ckpt is not None:                                   # the mean position map comes with the weights
+        loaded = load_network(source, model=name if "model" in config.given else None, model_kwargs=kwargs,
+                              train=True, factory=factory, checkpoint=source_ckpt)
+        model, name, kwargs = loaded.module.to(device), loaded.name, loaded.kwargs
+    else:
+        model = factory(name, **kwargs).to(device)
+        if needs_mean_posmap(model):
+            try:
+                model.io.set_mean_posmap(train_set.mean_posmap())
+            except FaceUtilError as err:
+                raise RunError(str(err)) from None
+            _say(info, f"mean-residual head: mean position map of {min(len(train_set), MEAN_POSMAP_LIMIT)} "
+                       f"training samples")
     if config.channels_last:
         to_channels_last(model)
     if info.distributed and device.type == "cuda" and config.sync_bn:
@@ -322,135 +339,134 @@ def _train(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(parameter_groups(model, config.weight_decay, config.decay_norm_bias), lr=config.lr)
-    loss_fn = WeightedPosmapLoss(weight_mask).to(device)
-    scaler = grad_scaler(device, config.precision)              # active for fp16 on CUDA only
-
-    start_epoch, best_loss, history = 0, math.inf, []
-    if ckpt_resume is not None:
-        ck = source_ckpt
-        if "optimizer" not in ck:
-            raise RunError(f"{ckpt_resume} holds weights only (no optimiser state); use --loadModelPath to start "
-                           f"from it instead of --resume.")
-        optimizer.load_state_dict(ck["optimizer"])
-        if scaler.is_enabled() and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        start_epoch, best_loss = int(ck["epoch"]), float(ck["best_val_loss"])
-        history = list(ck.get("history", []))
-        states = ck["rng"]
-        restore_rng_state(states[info.rank] if len(states) == info.world_size else states[0])
-        gen = ck.get("data_state", {}).get("generator")
-        if gen is not None and getattr(loader, "generator", None) is not None:
-            loader.generator.set_state(gen)
-        _say(info, f"resuming {ckpt_resume} after epoch {start_epoch}")
-
-    monitor = Monitor(out / "tensorboard", enabled=info.is_main)
-    last_path, best_path = out / "last.pth", out / "best.pth"
-    deadline = time.monotonic() + 60.0 * config.time_limit if config.time_limit > 0 else None
-    stop_early = False
     steps_per_epoch = len(loader)
-    step = int(source_ckpt.get("step", start_epoch * steps_per_epoch)) if ckpt_resume is not None else 0
     schedule = functools.partial(lr_factor, warmup_steps=config.warmup_steps, steps_per_epoch=steps_per_epoch,
                                  total_steps=config.epochs * steps_per_epoch, schedule=config.lr_schedule,
                                  decay=config.lr_decay)
-    if info.is_main:
-        n_val = 0 if val_set is None else len(val_set)
-        print(f"training {name} on {len(train_set)} samples ({n_val} validation), {info.world_size} process(es) "
-              f"on {device}, batch {config.batch_size} per process, epochs {start_epoch + 1}..{config.epochs}; "
-              f"run folder {out}", flush=True)
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            loader.sampler.set_epoch(epoch)
-            net.train()
-            epoch_start = time.perf_counter()
-            lr = config.lr * schedule(step)
-            epoch_sum, epoch_count = 0.0, 0
-            bar = _progress(loader, info, config, f"epoch {epoch + 1}/{config.epochs}")
-            for batch in bar:
-                x = batch["image"].to(device, non_blocking=True)
-                y = batch["posmap"].to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                for group in optimizer.param_groups:
-                    group["lr"] = config.lr * schedule(step)
-                with autocast_context(device, config.precision):
-                    pred = net(x)
-                loss = loss_fn(pred.float(), y)
-                time_up = deadline is not None and info.is_main and time.monotonic() > deadline
-                stats = torch.tensor([loss.detach().double().item() * x.shape[0], x.shape[0],
-                                      0.0 if torch.isfinite(loss).item() else 1.0, float(time_up)],
-                                     dtype=torch.float64)
-                if info.distributed:
-                    stats = D.all_reduce_sum(stats.to(device)).cpu()
-                if stats[2] > 0:
-                    raise _nan_error(epoch, step, last_path)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                stop_early = bool(stats[3] > 0)
-                epoch_sum += float(stats[0])
-                epoch_count += int(stats[1])
-                batch_loss = float(stats[0] / stats[1])
-                monitor.scalar("train/loss", batch_loss, step)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{batch_loss:.5f}", refresh=False)
-                if stop_early:
-                    break
-            train_loss = epoch_sum / max(epoch_count, 1)
+    state = _TrainState(config=config, info=info, device=device, name=name, kwargs=kwargs, bfm=bfm, model=model,
+                        net=net, optimizer=optimizer, scaler=grad_scaler(device, config.precision),
+                        loss_fn=WeightedPosmapLoss(layout.weight_mask).to(device), kpt_ind=layout.kpt_ind,
+                        train_set=train_set, val_set=val_set, loader=loader, schedule=schedule,
+                        monitor=Monitor(out / "tensorboard", enabled=info.is_main),
+                        deadline=time.monotonic() + 60.0 * config.time_limit if config.time_limit > 0 else None)
+    if ckpt_resume is not None:
+        _resume(state, source_ckpt, ckpt_resume)
+    return state
 
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, "step": step,
-                      "train_seconds": round(time.perf_counter() - epoch_start, 2)}
-            if stop_early:
-                record["stopped_early"] = True
-            if info.is_main:
-                if val_set is not None:
-                    val = validate(unwrap(net), val_set, loss_fn, kpt_ind, device, config.batch_size,
-                                   config.precision)
-                    record.update(val_loss=val["loss"], val_nme2d=val["nme2d"])
-                    monitor.scalar("val/loss", val["loss"], step)
-                    monitor.scalar("val/nme2d", val["nme2d"], step)
-                    log_sample(monitor, val["sample"], kpt_ind, step)
-                    select = val["loss"]
-                else:
-                    select = train_loss
-                if not math.isfinite(select):
-                    record = None
-                else:
-                    monitor.scalar("train/epoch_loss", train_loss, step)
-                    monitor.scalar("train/lr", lr, step)
-            else:
-                record, select = {}, 0.0
-            ok = D.broadcast_object(record is not None)
-            if not ok:
-                raise _nan_error(epoch, step, last_path, where="validation")
-            rng_states = _gather_rng(info)
-            if info.is_main:
-                improved = select < best_loss
-                best_loss = min(best_loss, select)
-                history.append(record)
-                ck = make_checkpoint(
-                    model, name, kwargs, optimizer=optimizer.state_dict(),
-                    epoch=epoch + 1, best_val_loss=best_loss, val_loss=select, rng=rng_states,
-                    data_state={"epoch": epoch + 1, "seed": config.seed,
-                                "generator": loader.generator.get_state() if loader.generator is not None else None},
-                    history=history, config=config.to_dict(), world_size=info.world_size, step=step,
-                    **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}))
-                save_checkpoint(last_path, ck)
-                if improved:
-                    save_checkpoint(best_path, ck)
-                _write_history(out / "history.json", history)
-                monitor.flush()
-                text = ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-                print(text + (" (best)" if improved else ""), flush=True)
-                if on_epoch is not None:
-                    on_epoch(model, record)
-            D.barrier()
-            if stop_early:
-                _say(info, f"--time-limit of {config.time_limit:g} min reached: stopped after epoch {epoch + 1}")
-                break
-    finally:
-        monitor.close()
-    history = D.broadcast_object(history if info.is_main else None)
-    return TrainResult(out, best_path, last_path, history, model)
+
+def _resume(state: _TrainState, ck: dict, path: Path) -> None:
+    """Optimiser, scaler, epoch, step, history, RNG and data-order state of a --resume checkpoint."""
+    if "optimizer" not in ck:
+        raise RunError(f"{path} holds weights only (no optimiser state); use --loadModelPath to start from it "
+                       f"instead of --resume.")
+    state.optimizer.load_state_dict(ck["optimizer"])
+    if state.scaler.is_enabled() and ck.get("scaler"):
+        state.scaler.load_state_dict(ck["scaler"])
+    state.start_epoch, state.best_loss = int(ck["epoch"]), float(ck["best_val_loss"])
+    state.step = int(ck.get("step", state.start_epoch * len(state.loader)))
+    state.history = list(ck.get("history", []))
+    states, info = ck["rng"], state.info
+    restore_rng_state(states[info.rank] if len(states) == info.world_size else states[0])
+    gen = ck.get("data_state", {}).get("generator")
+    if gen is not None and getattr(state.loader, "generator", None) is not None:
+        state.loader.generator.set_state(gen)
+    _say(info, f"resuming {path} after epoch {state.start_epoch}")
+
+
+def _train_epoch(state: _TrainState, epoch: int) -> tuple[dict, bool]:
+    """One pass over the training loader. Returns (history record: epoch, train_loss, lr (the last step's),
+    step, train_seconds[, stopped_early]), whether --time-limit stopped it)."""
+    config, info, device = state.config, state.info, state.device
+    state.loader.sampler.set_epoch(epoch)
+    state.net.train()
+    epoch_start = time.perf_counter()
+    lr = config.lr * state.schedule(state.step)
+    epoch_sum, epoch_count, stop_early = 0.0, 0, False
+    bar = _progress(state.loader, info, config, f"epoch {epoch + 1}/{config.epochs}")
+    for batch in bar:
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["posmap"].to(device, non_blocking=True)
+        state.optimizer.zero_grad(set_to_none=True)
+        lr = config.lr * state.schedule(state.step)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast_context(device, config.precision):
+            pred = state.net(x)
+        loss = state.loss_fn(pred.float(), y)
+        time_up = state.deadline is not None and info.is_main and time.monotonic() > state.deadline
+        stats = torch.tensor([loss.detach().double().item() * x.shape[0], x.shape[0],
+                              0.0 if torch.isfinite(loss).item() else 1.0, float(time_up)], dtype=torch.float64)
+        if info.distributed:
+            stats = D.all_reduce_sum(stats.to(device)).cpu()
+        if stats[2] > 0:
+            raise _nan_error(epoch, state.step, state.out / "last.pth")
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.step += 1
+        stop_early = bool(stats[3] > 0)
+        epoch_sum += float(stats[0])
+        epoch_count += int(stats[1])
+        batch_loss = float(stats[0] / stats[1])
+        state.monitor.scalar("train/loss", batch_loss, state.step)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{batch_loss:.5f}", refresh=False)
+        if stop_early:
+            break
+    record = {"epoch": epoch + 1, "train_loss": epoch_sum / max(epoch_count, 1), "lr": lr, "step": state.step,
+              "train_seconds": round(time.perf_counter() - epoch_start, 2)}
+    if stop_early:
+        record["stopped_early"] = True
+    return record, stop_early
+
+
+def _end_epoch(state: _TrainState, epoch: int, record: dict, on_epoch: EpochCallback | None) -> None:
+    """Validate (rank 0), keep the history, write last.pth (and best.pth when the validation -- else training --
+    loss improved), log, call on_epoch."""
+    config, info, step = state.config, state.info, state.step
+    if info.is_main:
+        if state.val_set is not None:
+            val = validate(unwrap(state.net), state.val_set, state.loss_fn, state.kpt_ind, state.device,
+                           config.batch_size, config.precision)
+            record.update(val_loss=val["loss"], val_nme2d=val["nme2d"])
+            state.monitor.scalar("val/loss", val["loss"], step)
+            state.monitor.scalar("val/nme2d", val["nme2d"], step)
+            log_sample(state.monitor, val["sample"], state.kpt_ind, step)
+            select = val["loss"]
+        else:
+            select = record["train_loss"]
+        if math.isfinite(select):
+            state.monitor.scalar("train/epoch_loss", record["train_loss"], step)
+            state.monitor.scalar("train/lr", record["lr"], step)
+        else:
+            record = None
+    else:
+        record, select = {}, 0.0
+    if not D.broadcast_object(record is not None):
+        raise _nan_error(epoch, step, state.out / "last.pth", where="validation")
+    rng_states = _gather_rng(info)
+    if info.is_main:
+        improved = select < state.best_loss
+        state.best_loss = min(state.best_loss, select)
+        state.history.append(record)
+        loader = state.loader
+        ck = make_checkpoint(
+            state.model, state.name, state.kwargs, optimizer=state.optimizer.state_dict(),
+            epoch=epoch + 1, best_val_loss=state.best_loss, val_loss=select, rng=rng_states,
+            data_state={"epoch": epoch + 1, "seed": config.seed,
+                        "generator": loader.generator.get_state() if loader.generator is not None else None},
+            history=state.history, config=config.to_dict(), bfm=state.bfm, world_size=info.world_size, step=step,
+            **({"scaler": state.scaler.state_dict()} if state.scaler.is_enabled() else {}))
+        save_checkpoint(state.out / "last.pth", ck)
+        if improved:
+            save_checkpoint(state.out / "best.pth", ck)
+        _write_history(state.out / "history.json", state.history)
+        state.monitor.flush()
+        text = ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+        print(text + (" (best)" if improved else ""), flush=True)
+        if on_epoch is not None:
+            on_epoch(state.model, record)
+    D.barrier()
 
 
 def _progress(loader, info: D.DistInfo, config: Config, desc: str):

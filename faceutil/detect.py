@@ -98,18 +98,73 @@ def detect_faces(image: np.ndarray, detector: FaceDetector | None = None) -> np.
     return (detector or FaceDetector()).detect(image)
 
 
-def landmark_box_from_detection(box) -> np.ndarray:
+def landmark_box_from_detection(box, roll: float = 0.0) -> np.ndarray:
     """Estimate the 68-landmark box (x1, y1, x2, y2) from a detector box, by the calibration constants above.
 
-    box: (4,) [x1, y1, x2, y2] pixels. Returns (4,) float64, a square of side 0.88 x the detector's (longer) side,
-    its centre moved by DETECTOR_CENTRE_SHIFT x that side.
+    box: (4,) [x1, y1, x2, y2] pixels. roll: the face's in-plane turn in the image (degrees, counter-clockwise as
+    displayed; a multiple of 90 for boxes from detect_any_roll): the centre shift follows the face's own "down".
+    Returns (4,) float64, a square of side 0.88 x the detector's (longer) side, its centre moved by
+    DETECTOR_CENTRE_SHIFT x that side in the face's frame.
     """
     x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
     side = max(x2 - x1, y2 - y1)
-    cx = (x1 + x2) / 2.0 + DETECTOR_CENTRE_SHIFT[0] * side
-    cy = (y1 + y2) / 2.0 + DETECTOR_CENTRE_SHIFT[1] * side
+    a = np.deg2rad(roll)
+    dx, dy = DETECTOR_CENTRE_SHIFT[0] * side, DETECTOR_CENTRE_SHIFT[1] * side
+    # the face's axes in the image (y down): a counter-clockwise turn maps (x, y) to (x c + y s, -x s + y c)
+    cx = (x1 + x2) / 2.0 + dx * np.cos(a) + dy * np.sin(a)
+    cy = (y1 + y2) / 2.0 - dx * np.sin(a) + dy * np.cos(a)
     half = DETECTOR_SIDE_TO_LANDMARK_SIDE * side / 2.0
     return np.array([cx - half, cy - half, cx + half, cy + half])
+
+
+#: the order in which detect_any_roll tries the image turns (upright first: its boxes win over duplicates)
+ROLLS = (0, 90, 270, 180)
+
+
+def _box_from_turned(box: np.ndarray, k: int, height: int, width: int) -> np.ndarray:
+    """A box found in np.rot90(image, k) (counter-clockwise turns by 90 deg) -> the same box in the image."""
+    x1, y1, x2, y2 = box
+    k %= 4
+    if k == 0:
+        return np.array([x1, y1, x2, y2])
+    if k == 1:                              # turned[r, c] = image[c, W - 1 - r]
+        return np.array([width - 1 - y2, x1, width - 1 - y1, x2])
+    if k == 2:                              # turned[r, c] = image[H - 1 - r, W - 1 - c]
+        return np.array([width - 1 - x2, height - 1 - y2, width - 1 - x1, height - 1 - y1])
+    return np.array([y1, height - 1 - x2, y2, height - 1 - x1])   # k == 3: turned[r, c] = image[H - 1 - c, r]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two [x1, y1, x2, y2] boxes (pixel-centre convention: side = x2 - x1 + 1)."""
+    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    inter = max(w, 0.0) * max(h, 0.0)
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    return float(inter / (area(a) + area(b) - inter)) if inter > 0 else 0.0
+
+
+def detect_any_roll(detector: "FaceDetector", image: np.ndarray, rolls=ROLLS,
+                    overlap: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Faces at any in-plane turn: the upright-only cascade run on the image turned by each of `rolls` degrees.
+
+    A face found in the image turned counter-clockwise by r is turned by -r in the image itself. Boxes of different
+    turns that overlap (IoU > overlap) are one face: the turn tried first (ROLLS order) keeps it.
+    Returns (boxes (N, 4) detector boxes mapped into the image, face_rolls (N,) degrees counter-clockwise as
+    displayed, in (-180, 180]), the boxes of each turn largest first.
+    """
+    img = np.asarray(image)
+    h, w = img.shape[:2]
+    boxes, face_rolls = [], []
+    for r in rolls:
+        k = int(r) // 90
+        turned = np.ascontiguousarray(np.rot90(img, k)) if k % 4 else img
+        for b in detector.detect(turned):
+            box = _box_from_turned(b, k, h, w)
+            if all(box_iou(box, other) <= overlap for other in boxes):
+                boxes.append(box)
+                face_rolls.append(float(((-r + 180) % 360) - 180) if r % 360 else 0.0)
+    face_rolls = [180.0 if v == -180.0 else v for v in face_rolls]
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(face_rolls, dtype=np.float64)
 
 
 def parse_boxes(text: str) -> np.ndarray:

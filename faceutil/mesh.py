@@ -1,4 +1,5 @@
-"""Mesh export: Wavefront .obj with per-vertex colours, landmark text files, and colour sampling from an image.
+"""Mesh export: Wavefront .obj with per-vertex colours and optional texture coordinates + .mtl material, UV texture
+images sampled from a photo (self-occluded parts masked), landmark text files, and colour sampling from an image.
 
 Owns the fast text formatting (numba fixed-point writer; the face block is encoded once per topology by ObjWriter).
 """
@@ -121,10 +122,11 @@ def _format_vertices(values, ncoord, decimals, color_decimals, line_bound, pairs
 
 
 @numba.njit(cache=True, nogil=True)
-def _format_faces(tri, pairs):
-    """tri (m, 3) int64 0-based -> uint8 text "f a b c\\n" per row, 1-based."""
+def _format_faces(tri, pairs, with_uv):
+    """tri (m, 3) int64 0-based -> uint8 text "f a b c\\n" per row, 1-based ("f a/a b/b c/c" with_uv: the texture
+    coordinate of a vertex has the vertex's own index)."""
     m = tri.shape[0]
-    buf = np.empty(m * 64, dtype=np.uint8)
+    buf = np.empty(m * 128, dtype=np.uint8)
     pos = 0
     for i in range(m):
         buf[pos] = 102  # f
@@ -133,20 +135,26 @@ def _format_faces(tri, pairs):
             buf[pos] = 32
             pos += 1
             pos = _put_uint(buf, pos, tri[i, j] + 1, pairs)
+            if with_uv:
+                buf[pos] = 47  # /
+                pos = _put_uint(buf, pos + 1, tri[i, j] + 1, pairs)
         buf[pos] = 10
         pos += 1
     return buf[:pos]
 
 
 class ObjWriter:
-    """Writes .obj files that share one topology; the face block is formatted once, at construction.
+    """Writes .obj files that share one topology; the face block (and texture coordinates) are formatted once.
 
     triangles: (m, 3) int, 0-based vertex ids (written 1-based). decimals / color_decimals: fixed decimals of the
-    coordinates and of the colours. BFM size (53,215 vertices, 105,840 triangles): encoding the vertex block takes
-    ~5 ms, the whole atomic write ~11 ms (4.7 MB file; measured 2026-11 on the 2-core dev machine).
+    coordinates and of the colours. uv: None, or (n, 2) texture coordinates per vertex (u to the right, v up, in
+    [0, 1]; written as "vt" lines, faces as "f a/a b/b c/c"). BFM size (53,215 vertices, 105,840 triangles):
+    encoding the vertex block takes ~5 ms, the whole atomic write ~11 ms (4.7 MB file; measured 2026-11 on the 2-core
+    dev machine).
     """
 
-    def __init__(self, triangles: np.ndarray, decimals: int = 4, color_decimals: int = 4):
+    def __init__(self, triangles: np.ndarray, decimals: int = 4, color_decimals: int = 4,
+                 uv: np.ndarray | None = None):
         tri = np.asarray(triangles)
         if tri.ndim != 2 or tri.shape[1] != 3 or tri.dtype.kind not in "iu":
             raise ValueError(f"triangles must be an (m, 3) integer array, got {tri.shape} {tri.dtype}")
@@ -159,7 +167,13 @@ class ObjWriter:
         self.max_index = int(tri.max()) if tri.size else -1
         self.decimals = int(decimals)
         self.color_decimals = int(color_decimals)
-        self._faces = _format_faces(tri, _PAIRS)
+        self._faces = _format_faces(tri, _PAIRS, uv is not None)
+        self._uv = b""
+        if uv is not None:
+            t = np.asarray(uv, dtype=np.float64)
+            if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] <= self.max_index or not np.all(np.isfinite(t)):
+                raise ValueError(f"uv must be a finite (n, 2) array covering every vertex, got {t.shape}")
+            self._uv = "".join(f"vt {u:.6f} {v:.6f}\n" for u, v in t.tolist()).encode()
 
     def encode_vertices(self, vertices: np.ndarray, colors: np.ndarray | None = None) -> np.ndarray:
         """The vertex block as uint8 text: "v x y z r g b" lines (colours omitted when None)."""
@@ -178,11 +192,17 @@ class ObjWriter:
         line_bound = 2 + v.shape[1] * (2 + 13 + 1 + max(self.decimals, self.color_decimals))
         return _format_vertices(np.ascontiguousarray(v), 3, self.decimals, self.color_decimals, line_bound, _PAIRS)
 
-    def write(self, path, vertices: np.ndarray, colors: np.ndarray | None = None) -> None:
-        """Write the mesh atomically. vertices (n, 3) any units (e.g. image px); colors (n, 3) in [0, 1] or None."""
+    def write(self, path, vertices: np.ndarray, colors: np.ndarray | None = None, material: str | None = None) -> None:
+        """Write the mesh atomically. vertices (n, 3) any units (e.g. image px); colors (n, 3) in [0, 1] or None;
+        material: the .mtl file name (beside the .obj) whose material "face" the faces use (see write_material)."""
         block = self.encode_vertices(vertices, colors)
-        header = f"# {len(vertices)} vertices, {self.n_triangles} triangles\n".encode()
-        atomic_write_bytes(path, [header, memoryview(block), memoryview(self._faces)])
+        header = f"# {len(vertices)} vertices, {self.n_triangles} triangles\n"
+        if material is not None:
+            header += f"mtllib {material}\nusemtl {MATERIAL_NAME}\n"
+        faces = [memoryview(self._faces)]
+        if self._uv:
+            faces = [memoryview(self._uv)] + faces
+        atomic_write_bytes(path, [header.encode(), memoryview(block)] + faces)
 
 
 def write_obj(path, vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray | None = None) -> None:
@@ -192,6 +212,61 @@ def write_obj(path, vertices: np.ndarray, triangles: np.ndarray, colors: np.ndar
     of one topology, build an ObjWriter once instead (it encodes the faces only once).
     """
     ObjWriter(triangles).write(path, vertices, colors)
+
+
+MATERIAL_NAME = "face"
+
+
+def write_material(path, texture_name: str) -> None:
+    """Write a Wavefront .mtl (atomically) with one material, MATERIAL_NAME, whose diffuse map is the image
+    `texture_name` (a file name beside the .mtl); white ambient/diffuse so viewers show the texture as it is."""
+    text = (f"newmtl {MATERIAL_NAME}\nKa 1.000000 1.000000 1.000000\nKd 1.000000 1.000000 1.000000\n"
+            f"Ks 0.000000 0.000000 0.000000\nillum 1\nmap_Kd {texture_name}\n")
+    atomic_write_bytes(path, text.encode())
+
+
+def uv_texture(image: np.ndarray, vertices: np.ndarray, face_mask: np.ndarray, triangles: np.ndarray,
+               depth: np.ndarray | None = None, tolerance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A UV texture image of one face, sampled from the photo through its predicted position map.
+
+    image: (H, W, 3) uint8 photo. vertices: (F, 3) the face-mask pixels' points in image coordinates (x column,
+    y row, z depth, larger = closer), in row-major order of face_mask (faceutil.uv.posmap_vertices order).
+    face_mask: (S, S) bool UV face region. triangles: (T, 3) ids into the F points, counter-clockwise seen from the
+    camera when y points up (engine.predict.grid_triangles), for the z-buffer and the facing test.
+    depth: (H, W) z-buffer of everything in the picture (faceutil.render.rasterize; -inf where empty) so that other
+    faces occlude too; None = this face alone. tolerance: how far (z units, image px) behind the visible surface a
+    point may lie and still count as seen; None = 3 % of the face's width.
+    Returns (texture (S, S, 3) uint8, black outside the face and where unseen; visible (S, S) bool: face pixels
+    whose point is inside the image, faces the camera and is not hidden behind a nearer surface).
+    """
+    from faceutil.render import rasterize, vertex_normals
+
+    img = np.asarray(image)
+    v = np.asarray(vertices, dtype=np.float64)
+    mask = np.asarray(face_mask, dtype=bool)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3), got {img.shape}")
+    if v.ndim != 2 or v.shape != (int(mask.sum()), 3):
+        raise ValueError(f"vertices must be ({int(mask.sum())}, 3) for this face mask, got {v.shape}")
+    h, w = img.shape[:2]
+    if depth is None:
+        depth = rasterize(v, triangles, h, w)[2]
+    if tolerance is None:
+        tolerance = 0.03 * float(np.ptp(v[:, 0])) if len(v) else 0.0
+    col = np.rint(v[:, 0]).astype(np.int64)
+    row = np.rint(v[:, 1]).astype(np.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & np.all(np.isfinite(v), axis=1)
+    seen = np.zeros(len(v), dtype=bool)
+    surface = depth[row[inside], col[inside]]
+    seen[inside] = v[inside, 2] >= surface - tolerance
+    facing = vertex_normals(v * np.array([1.0, -1.0, 1.0]), triangles)[:, 2] > 0.0      # y up: the camera is at +z
+    seen &= facing
+    colours = sample_colors(img, np.where(np.isfinite(v[:, :2]), v[:, :2], 0.0))
+    texture = np.zeros(mask.shape + (3,), dtype=np.uint8)
+    texture[mask] = np.where(seen[:, None], np.clip(np.rint(colours * 255.0), 0, 255), 0).astype(np.uint8)
+    visible = np.zeros(mask.shape, dtype=bool)
+    visible[mask] = seen
+    return texture, visible
 
 
 def read_obj(path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

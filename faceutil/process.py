@@ -107,12 +107,12 @@ class SampleProcessor:
     """Holds the morphable model and its UV renderer (built once per process) and processes samples."""
 
     def __init__(self, options: ProcessOptions):
-        from faceutil.morphable import load_model
-        from faceutil.uv import UVRenderer, build_uv_layout
+        from faceutil.facemodel import load_model
+        from faceutil.uv import UVRenderer, uv_layout
 
         self.options = options
         self.model = load_model(options.bfm, seed=0)
-        self.layout = build_uv_layout(self.model, CROP_SIZE)
+        self.layout = uv_layout(options.bfm, CROP_SIZE)
         self.uv = UVRenderer(self.model, CROP_SIZE)
         self._obj = None
         #: seconds spent per stage, accumulated when set to a dict (benchmarks/processor.py); None = not timed
@@ -311,6 +311,9 @@ def process_dataset(input_dir, output_dir, *, bfm: str = "synthetic", full: bool
         probe.unlink()
     except OSError as err:
         raise FaceUtilError(f"output folder {output_dir} is not writable ({err.strerror})") from None
+    from faceutil.uv import write_face_model_record
+
+    write_face_model_record(output_dir, bfm, _WORKER.layout)    # refuses a folder of another UV layout
 
     rejected = rejected if i == 0 else []  # reported once, by the first shard
     summary = ProcessSummary(skipped=list(rejected))

@@ -160,15 +160,16 @@ def _jpeg_is_complete(data: bytes) -> bool:
     return sos >= 0 and data.find(b"\xff\xd9", sos) >= 0
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, exif_orientation: bool = False) -> np.ndarray:
     """Read an image file into (H, W, 3) uint8 RGB.
 
     The format is detected from the content, not the suffix: a PNG named .jpg is a valid image and is read as such.
-    EXIF orientation is ignored (landmark annotations refer to the stored pixel grid). Grey, palette, alpha and
-    CMYK images are converted to RGB (alpha dropped); 16-bit images are reduced to their high byte.
-    Raises SampleError (one sentence naming the file) for a missing, empty, truncated or non-image file.
+    exif_orientation: turn the pixels as the EXIF Orientation tag says, so the array is what a viewer shows (for
+    -predict on phone photos); off by default, because dataset annotations refer to the stored pixel grid.
+    Grey, palette, alpha and CMYK images are converted to RGB (alpha dropped); 16-bit images are reduced to their
+    high byte. Raises SampleError (one sentence naming the file) for a missing, empty, truncated or non-image file.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -184,6 +185,8 @@ def read_image(path) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
+            if exif_orientation:
+                img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img).astype(np.int64)
                 grey = np.clip(arr >> 8 if arr.max() > 255 else arr, 0, 255).astype(np.uint8)

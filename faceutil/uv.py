@@ -6,7 +6,11 @@ read. For the real BFM the computed layout matches PRNet's published uv-data clo
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -14,6 +18,7 @@ from scipy import ndimage
 
 from faceutil.errors import FaceUtilError
 from faceutil.render import rasterize
+from faceutil.sampleio import atomic_write_bytes
 
 # --- Face region (where the position map is supervised and evaluated) -------------------------------------------
 # PRNet's uv_face_mask.png keeps the face and drops the neck and the ears. Its lower boundary, mapped back onto the
@@ -233,6 +238,15 @@ def build_uv_layout(model, size: int = 256) -> UVLayout:
     return UVLayout(size=int(size), kpt_ind=kpt_ind, face_mask=face, weight_mask=weight)
 
 
+@functools.lru_cache(maxsize=4)
+def uv_layout(bfm: str, size: int = 256) -> UVLayout:
+    """The UV layout of a face model by name ("synthetic" or a face3d data/Out folder, already resolved), built
+    once per process (seconds for the synthetic model). Callers must not modify its arrays."""
+    from faceutil.facemodel import load_model
+
+    return build_uv_layout(load_model(bfm), size)
+
+
 def posmap_landmarks(posmap, kpt_ind) -> np.ndarray:
     """The 68 landmarks read from position maps.
 
@@ -254,3 +268,67 @@ def posmap_vertices(posmap, face_mask) -> np.ndarray:
         (..., F, 3) with F = face_mask.sum().
     """
     return np.asarray(posmap)[..., np.asarray(face_mask, dtype=bool), :]
+
+
+# --- Which face model made a processed folder -------------------------------------------------------------------
+#: written by the processor into its output folder: {"bfm": name, "fingerprint": layout_fingerprint, "size": int}
+FACE_MODEL_FILE = "face_model.json"
+
+
+def layout_fingerprint(layout: UVLayout) -> str:
+    """16 hex digits identifying a UV layout (landmark pixels, face mask, loss weights): two face models whose
+    position maps can be mixed share it; any change of the UV layout changes it."""
+    h = hashlib.sha256(f"uv-layout size={int(layout.size)};".encode())
+    for array, dtype in ((layout.kpt_ind, np.int64), (layout.face_mask, np.uint8), (layout.weight_mask, np.float32)):
+        h.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    return h.hexdigest()[:16]
+
+
+def face_model_record(bfm: str, layout: UVLayout) -> dict:
+    return {"bfm": str(bfm), "fingerprint": layout_fingerprint(layout), "size": int(layout.size)}
+
+
+def read_face_model_record(folder) -> dict | None:
+    """The FACE_MODEL_FILE record of a processed folder; None when the folder has none (made before it existed).
+    FaceUtilError (one sentence) for an unreadable record."""
+    path = Path(folder) / FACE_MODEL_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record.get("fingerprint"), str) or "bfm" not in record:
+            raise ValueError("no bfm / fingerprint")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        raise FaceUtilError(f"{path} is not a readable face-model record ({err})") from None
+    return record
+
+
+def write_face_model_record(folder, bfm: str, layout: UVLayout) -> dict:
+    """Record (atomically) which face model writes into a processor output folder; FaceUtilError when the folder
+    already holds samples of a face model with another UV layout (mixing them would corrupt the data set)."""
+    record = face_model_record(bfm, layout)
+    held = read_face_model_record(folder)
+    if held is not None and held["fingerprint"] != record["fingerprint"]:
+        raise FaceUtilError(f"output folder {folder} holds samples made with face model {held['bfm']} (UV layout "
+                            f"{held['fingerprint']}), not {bfm} ({record['fingerprint']}); use another output folder")
+    if held != record:
+        atomic_write_bytes(Path(folder) / FACE_MODEL_FILE, (json.dumps(record) + "\n").encode("utf-8"))
+    return record
+
+
+def check_face_model(folder, bfm: str, layout: UVLayout) -> str | None:
+    """Whether a processed folder was made with the face model in use.
+
+    Returns None when its record matches, a warning sentence when it has no record (an older folder: it is then
+    assumed to match); raises FaceUtilError naming both face models when the UV layouts differ.
+    """
+    held = read_face_model_record(folder)
+    fingerprint = layout_fingerprint(layout)
+    if held is None:
+        return (f"warning: {folder} does not record the face model it was made with (processed before "
+                f"{FACE_MODEL_FILE} existed); assuming {bfm}")
+    if held["fingerprint"] != fingerprint:
+        raise FaceUtilError(f"{folder} was made with face model {held['bfm']} (UV layout {held['fingerprint']}), "
+                            f"but this run uses {bfm} (UV layout {fingerprint}); pass --bfm={held['bfm']} or "
+                            f"process the data again with --bfm={bfm}")
+    return None

@@ -6,5 +6,8 @@ from .loss import WeightedPosmapLoss
 from .registry import build_model, list_models, register_model
 from .summary import ModelSummary, summary
 
+# the built-in models register themselves on import (timm's pattern: the registry imports no model module)
+from . import e2tkface, prnet  # noqa: E402,F401  isort: skip
+
 __all__ = ["build_model", "list_models", "register_model", "summary", "ModelSummary", "WeightedPosmapLoss",
            "get_device", "autocast_context", "grad_scaler", "to_channels_last"]

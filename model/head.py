@@ -19,6 +19,11 @@ INPUT_SIZES = (64, 128, 256)
 CROP_SIZE = 256
 
 
+def to_posmaps(output: torch.Tensor) -> np.ndarray:
+    """Network output (B, 3, H, W) = posmap / 280 -> (B, H, W, 3) float32 position maps in crop pixels."""
+    return (output.detach().float().cpu() * POSMAP_SCALE).permute(0, 2, 3, 1).numpy()
+
+
 def check_head(head: str, input_size: int) -> None:
     """ModelConfigError (one sentence) for a head or input size outside the allowed sets."""
     if head not in HEADS:

@@ -1,5 +1,6 @@
 """Model registry: every architecture is a builder function registered by name; build_model(name, **kwargs) is the
-one door in, list_models() names what is there.
+one door in, list_models() names what is there. The model modules import this one and register their builders when
+the model package is imported (model/__init__.py); this module imports none of them.
 """
 from __future__ import annotations
 
@@ -29,20 +30,13 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return decorate
 
 
-def _load_builtin() -> None:
-    """Import the modules that register the built-in models (deferred so importing the registry stays cheap)."""
-    from . import e2tkface, prnet  # noqa: F401  (registration side effect of the decorators)
-
-
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    _load_builtin()
     return sorted(_BUILDERS)
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name`` with builder keyword overrides; an unknown name raises ModelConfigError."""
-    _load_builtin()
     key = name.lower()
     if key not in _BUILDERS:
         raise ModelConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(_BUILDERS))}.")

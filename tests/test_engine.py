@@ -51,13 +51,15 @@ def tiny_factory(name: str, **kwargs) -> nn.Module:
     return TinyNet(**kwargs)
 
 
-def fake_uv() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cheap UV tables: weight mask 1 with 16 at 68 fixed 'keypoints', those keypoints, full face mask."""
+def fake_uv():
+    """A cheap faceutil.uv.UVLayout: weight mask 1 with 16 at 68 fixed 'keypoints', those keypoints, full face mask."""
+    from faceutil.uv import UVLayout
+
     rng = np.random.default_rng(5)
     kpt = np.stack([rng.integers(40, 216, 68), rng.integers(40, 216, 68)]).astype(np.int64)
     mask = np.ones((256, 256), np.float32)
     mask[kpt[1], kpt[0]] = 16.0
-    return mask, kpt, np.ones((256, 256), bool)
+    return UVLayout(size=256, kpt_ind=kpt, face_mask=np.ones((256, 256), bool), weight_mask=mask)
 
 
 def write_fake_processed(root: Path, count: int, seed: int = 0) -> list[str]:
@@ -250,8 +252,8 @@ def test_checkpoint_of_other_model_is_a_clear_error(tmp_path):
     cfg = Config(model="prnet", given=("model",))
     with pytest.raises(RunError, match=r"holds a 'tiny' model, not --model='prnet'"):
         load_for_inference(path, cfg, tiny_factory)
-    model, name = load_for_inference(path, Config(), tiny_factory)       # default --model: the checkpoint wins
-    assert name == "tiny" and not model.training
+    loaded = load_for_inference(path, Config(), tiny_factory)            # default --model: the checkpoint wins
+    assert loaded.name == "tiny" and not loaded.module.training
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -273,18 +275,16 @@ class PosmapStub(nn.Module):
 @pytest.fixture(scope="module")
 def aflw_sets(tmp_path_factory):
     """3 synthetic AFLW2000-format images (raw jpg+mat) and their processor output (with pt3d_68)."""
-    from faceutil.morphable import load_model
+    from faceutil.facemodel import load_model
     from faceutil.process import process_dataset
     from faceutil.synthetic import synthesize_dataset
-    from faceutil.uv import build_uv_layout
+    from faceutil.uv import uv_layout
 
     root = tmp_path_factory.mktemp("aflw")
     face_model = load_model("synthetic")
     synthesize_dataset(root / "AFLW2000", "AFLW2000", 3, seed=11, model=face_model)
     process_dataset(root / "AFLW2000", root / "AFLW2000-crop", bfm="synthetic", progress=False)
-    layout = build_uv_layout(face_model)
-    uv = (layout.weight_mask.astype(np.float32), layout.kpt_ind.astype(np.int64), layout.face_mask.astype(bool))
-    return root / "AFLW2000", root / "AFLW2000-crop", uv
+    return root / "AFLW2000", root / "AFLW2000-crop", uv_layout("synthetic")
 
 
 def test_evaluation_of_ground_truth_posmaps_gives_metric_values(aflw_sets, tmp_path):
@@ -296,7 +296,7 @@ def test_evaluation_of_ground_truth_posmaps_gives_metric_values(aflw_sets, tmp_p
     from engine.evaluate import run_evaluation
 
     raw, processed, uv = aflw_sets
-    _, kpt_ind, _ = uv
+    kpt_ind = uv.kpt_ind
     evalset = AFLWEvalSet(processed)
     maps = torch.stack([evalset[i]["posmap"] for i in range(len(evalset))])
     # expected: landmarks read from the truth maps, mapped back by the crop's inverse, against pt3d_68
@@ -363,7 +363,7 @@ def test_cli_bad_values_give_one_sentence(args, needle):
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_train_then_test_end_to_end_errors_are_sentences(fake_set, tmp_path):
+def test_cli_test_of_an_unusable_folder_is_one_sentence(fake_set, tmp_path):
     # evaluation of a folder that is neither AFLW2000 nor processor output with pt3d_68 -> one sentence, exit 1
     save_checkpoint(tmp_path / "tiny.pth", make_checkpoint(TinyNet(), "tiny", {}))
     proc = _cli("-train=False", "-test=True", f"-pd={fake_set}", f"--loadModelPath={tmp_path / 'tiny.pth'}",

@@ -7,10 +7,11 @@ import onnx
 import pytest
 import torch
 
-from benchmarks.predict import calibrated
+from engine.backends import OnnxBackend
 from engine.errors import RunError
-from engine.export import OnnxBackend, OnnxPredictor, export_onnx
+from engine.export import OnnxPredictor, export_onnx
 from engine.predict import Predictor
+from tests.helpers import calibrated
 from model import build_model
 
 # Random-init weights suffice for agreement; reduced width keeps E2TKFace fast (same layers, same ops).
@@ -164,7 +165,7 @@ def int8_export(tmp_path_factory):
     training crops (-td). Returns (torch net, checkpoint, onnx path, calibration folder, stdout)."""
     import torchrun
     from engine.checkpoint import make_checkpoint, save_checkpoint
-    from faceutil.morphable import load_model
+    from faceutil.facemodel import load_model
     from faceutil.process import process_dataset
     from faceutil.synthetic import synthesize_dataset
 

@@ -23,7 +23,7 @@ import processor
 import torchrun
 from engine.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from faceutil import sampleio
-from faceutil.morphable import load_model
+from faceutil.facemodel import load_model
 from faceutil.process import output_paths, process_dataset
 from faceutil.synthetic import synthesize_dataset
 from test_engine import TinyNet, write_fake_processed

@@ -159,3 +159,57 @@ def test_sample_colors_outside_clamps_to_border():
     np.testing.assert_array_equal(got, [[1, 0, 0], [0, 0, 1]])
     with pytest.raises(ValueError):
         mesh.sample_colors(img, np.array([[np.nan, 1.0]]))
+
+
+def test_textured_obj_and_material_text(tmp_path):
+    v = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.5], [0.0, 2.0, 0.25]])
+    uv = np.array([[0.0, 1.0], [0.25, 0.5], [1.0, 0.0]])
+    writer = mesh.ObjWriter(np.array([[0, 1, 2]]), uv=uv)
+    writer.write(tmp_path / "t.obj", v, material="t.mtl")
+    lines = [ln for ln in (tmp_path / "t.obj").read_text().splitlines() if not ln.startswith("#")]
+    assert lines == ["mtllib t.mtl", "usemtl face", "v 0.0000 0.0000 0.0000", "v 1.0000 0.0000 0.5000",
+                     "v 0.0000 2.0000 0.2500", "vt 0.000000 1.000000", "vt 0.250000 0.500000",
+                     "vt 1.000000 0.000000", "f 1/1 2/2 3/3"]
+    got_v, got_tri, _ = mesh.read_obj(tmp_path / "t.obj")
+    assert np.allclose(got_v, v) and got_tri.tolist() == [[0, 1, 2]]
+    mesh.write_material(tmp_path / "t.mtl", "t_texture.png")
+    mtl = (tmp_path / "t.mtl").read_text().splitlines()
+    assert mtl[0] == "newmtl face" and "map_Kd t_texture.png" in mtl
+    with pytest.raises(ValueError, match="uv must be"):
+        mesh.ObjWriter(np.array([[0, 1, 2]]), uv=uv[:2])
+
+
+def test_uv_texture_round_trips_a_known_texture_and_masks_the_hidden_side():
+    """A synthetic face rendered with a known per-vertex albedo (no shading), turned 50 deg: sampling the photo
+    through its true position map gives back the true UV albedo map on the pixels found visible (measured
+    2026-12-03: 62 % of the face visible, median error 0.001, mean 0.011 of the colour range; the largest errors sit
+    along the silhouette, where the photo's pixels mix face and background), and no back-facing point is used."""
+    from engine.predict import grid_triangles
+    from faceutil.facemodel import load_model
+    from faceutil.pose import project
+    from faceutil.render import render_attributes, vertex_normals
+    from faceutil.uv import UVRenderer, uv_layout
+
+    model = load_model("synthetic")
+    rng = np.random.default_rng(5)
+    albedo = model.texture(rng.standard_normal(model.tex_pc.shape[1]) * model.tex_ev).astype(np.float64)
+    size = 450
+    pose = np.array([np.radians(5.0), np.radians(50.0), np.radians(8.0), 0.0, 0.0, 0.0, 1.3e-3])
+    verts = project(model.vertices(), pose, size)
+    verts[:, :2] += size / 2.0 - verts[model.kpt_ind, :2].mean(axis=0)     # face in the middle of the photo
+    photo = render_attributes(verts, model.triangles, albedo, size, size)
+    photo = np.clip(np.rint(photo * 255.0), 0, 255).astype(np.uint8)
+    renderer = UVRenderer(model, 256)
+    truth_map, truth_albedo = renderer.render(verts), renderer.render(albedo)
+    mask = uv_layout("synthetic").face_mask
+    points, tris = truth_map[mask].astype(np.float64), grid_triangles(mask)
+    texture, visible = mesh.uv_texture(photo, points, mask, tris)
+    assert texture.shape == (256, 256, 3) and texture.dtype == np.uint8 and not visible[~mask].any()
+    share = visible[mask].mean()
+    assert 0.55 < share < 0.95                                  # turned 50 deg: the far cheek is out of sight
+    err = np.abs(texture[visible] / 255.0 - truth_albedo[visible])
+    assert np.median(err) < 1.0 / 255 and err.mean() < 0.015, (np.median(err), err.mean())
+    assert (texture[mask & ~visible] == 0).all()
+    up = points * np.array([1.0, -1.0, 1.0])                    # y up: the mesh faces +z (tests/test_predict.py)
+    away = vertex_normals(up, tris)[:, 2] < -0.3                # facing away from the camera
+    assert away.sum() > 100 and not visible[mask][away].any()

@@ -4,16 +4,15 @@ Synthetic tiny models with known contents for the file formats; the genuine BFM-
 the conventions (mean = shapeMU + expMU, 1-based ids, landmark and UV indices, generate.m's correction ids).
 """
 import os
-import sys
-import types
 
 import numpy as np
 import pytest
 import scipy.io
 
-from faceutil import morphable
+from faceutil import facemodel, morphable
 from faceutil.errors import FaceUtilError
-from faceutil.morphable import MorphableModel, generate_bfm, load_bfm, load_model, save_bfm
+from faceutil.facemodel import load_model
+from faceutil.morphable import MorphableModel, generate_bfm, load_bfm, save_bfm
 
 FIELDS = ("mean", "shape_pc", "shape_ev", "exp_pc", "exp_ev", "tex_mu", "tex_pc", "tex_ev", "triangles",
           "mouth_triangles", "kpt_ind", "uv")
@@ -165,15 +164,13 @@ def test_load_bfm_reports_bad_files_by_name(tmp_path):
 def test_load_model_dispatch(tmp_path, monkeypatch):
     tiny = _tiny_model(np.random.default_rng(6))
     seen = []
-    fake = types.ModuleType("faceutil.synthetic")
-    fake.build_synthetic_model = lambda seed=0: seen.append(seed) or tiny
-    monkeypatch.setitem(sys.modules, "faceutil.synthetic", fake)
-    morphable._synthetic_model.cache_clear()
+    monkeypatch.setattr(facemodel, "build_synthetic_model", lambda seed=0: seen.append(seed) or tiny)
+    facemodel._synthetic_model.cache_clear()
     try:
         assert load_model() is tiny and load_model("synthetic", seed=3) is tiny
         assert load_model() is tiny and seen == [0, 3]  # built once per seed, then shared
     finally:
-        morphable._synthetic_model.cache_clear()  # do not leak the stand-in to other tests
+        facemodel._synthetic_model.cache_clear()  # do not leak the stand-in to other tests
 
     save_bfm(tiny, tmp_path / "Out")
     _assert_same_model(load_model(tmp_path / "Out"), tiny)

@@ -15,7 +15,7 @@ import scipy.io
 from scipy.ndimage import maximum_filter
 
 from faceutil import crop, sampleio
-from faceutil.morphable import load_model
+from faceutil.facemodel import load_model
 from faceutil.process import output_paths, process_dataset
 from faceutil.render import rasterize
 from faceutil.synthetic import synthesize_dataset

@@ -1,6 +1,7 @@
 """benchmarks/rotation_study.py: test-set rotation, NME after rotation, the no-rotation augmentation, the report."""
 from __future__ import annotations
 
+import json
 import re
 
 import cv2
@@ -109,31 +110,54 @@ def test_rotated_item_image_and_matrix_agree():
     assert "posmap" not in got and got["name"] == "s0"
 
 
+SETTINGS = {"steps": 3, "batch": 2, "lr": 5e-4, "warmup": 1, "weight_decay": 2e-4, "width_mult": 0.5, "size": 128,
+            "head": "mean-residual", "topk": 1, "precision": "bf16", "train_count": 4, "test_count": 5,
+            "data_seed": 0, "angles": list(rs.ANGLES)}
+BASE0 = 20.0                                          # mean-face NME at 0 deg; a run counts at <= 10 %
+
+
+def _nme(values: dict) -> dict:
+    out = {}
+    for a, v in values.items():
+        out[a] = {"mean": v, "bins": {"|yaw|<=30": v, "30<|yaw|<=60": v + 1, "|yaw|>60": float("nan"),
+                                      "counts": {"|yaw|<=30": 3, "30<|yaw|<=60": 2, "|yaw|>60": 0},
+                                      "mean_of_bins": v + 0.5, "mean": v}}
+    return out
+
+
+def _run(label: str, rotation: bool, seed: int, slope: float, base: float = 5.0, negatives: bool = False) -> dict:
+    angles = list(rs.ANGLES) + ([-a for a in rs.ANGLES if 0 < a < 180] if negatives else [])
+    name = "prnet" if label == "PRNet" else "e2tkface"
+    return {"label": label, "model": name, "kwargs": {}, "rotation": rotation, "seed": seed, "settings": SETTINGS,
+            "facts": {"train_seconds": 60.0, "eval_seconds": 6.0, "steps": 3},
+            "nme": _nme({a: base + 0.1 * seed + slope * abs(a) for a in angles}),
+            "command": "python -m benchmarks.rotation_study --x", "date": "2026-12-03 20:00 UTC", "machine": "m"}
+
+
+def _baseline() -> dict:
+    return {"kind": "baseline", "settings": SETTINGS, "nme": _nme({a: BASE0 + 0.01 * abs(a) for a in rs.ANGLES}),
+            "facts": {"seconds": 12.0}, "command": "c", "date": "2026-12-03 19:00 UTC", "machine": "m"}
+
+
 def _fake_runs(cnn_better: bool) -> list:
     runs = []
     for seed in (0, 1):
-        for label, name, _ in rs.MODELS:
+        for label, _, _ in rs.MODELS:
             for rotation in (True, False):
-                base = 5.0 + seed * 0.1
                 slope = 0.01 if label in rs.EQUIVARIANT else 0.05
                 if cnn_better:
                     slope = 0.05 if label in rs.EQUIVARIANT else 0.01
-                nme = {}
-                for a in rs.ANGLES:
-                    v = base + slope * a
-                    nme[a] = {"mean": v, "bins": {"|yaw|<=30": v, "30<|yaw|<=60": v + 1, "|yaw|>60": float("nan"),
-                                                  "counts": {"|yaw|<=30": 3, "30<|yaw|<=60": 2, "|yaw|>60": 0},
-                                                  "mean_of_bins": v + 0.5, "mean": v}}
-                runs.append({"label": label, "model": name, "kwargs": {}, "rotation": rotation, "seed": seed,
-                             "facts": {"train_seconds": 1.0, "steps": 3}, "nme": nme})
+                runs.append(_run(label, rotation, seed, slope, negatives=label == "PRNet"))
     return runs
 
 
-def _meta() -> dict:
-    return {"command": "python -m benchmarks.rotation_study --x", "date": "2026-11-25 00:00 UTC", "machine": "m",
-            "device": "cpu", "steps": 3, "batch": 2, "minutes": 0.0, "lr": 5e-4, "seeds": [0, 1], "data_seed": 0,
-            "train_count": 4, "test_count": 5, "width_mult": 0.5, "smoke": False,
-            "baseline": {str(a): 50.0 for a in rs.ANGLES}}
+def _write_dir(folder, runs, baseline=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        rs.write_run(folder / rs.run_filename(r["label"], r["rotation"], r["seed"]), r)
+    if baseline:
+        rs.write_run(folder / rs.BASELINE_FILE, _baseline())
+    return folder
 
 
 def _tables(text: str) -> list[list[list[str]]]:
@@ -149,46 +173,149 @@ def _tables(text: str) -> list[list[list[str]]]:
     return tables
 
 
+def _report(tmp_path, runs) -> str:
+    result = rs.write_from_runs([_write_dir(tmp_path / "runs", runs)], tmp_path / "out")
+    return result["markdown"].read_text()
+
+
 @pytest.mark.parametrize("cnn_better", [False, True])
-def test_report_writes_parseable_markdown_and_png(tmp_path, cnn_better):
-    md_path, png_path = rs.write_report(tmp_path, _fake_runs(cnn_better), _meta())
-    text = md_path.read_text()
+def test_report_tables_numbers_and_verdict(tmp_path, cnn_better):
+    text = _report(tmp_path, _fake_runs(cnn_better))
     tables = _tables(text)
-    assert len(tables) == 2
+    assert len(tables) == 3                                          # angles, negative side, yaw bins
     for table in tables:
         assert len({len(r) for r in table}) == 1                    # every row has the header's column count
         assert all(re.fullmatch(r"-+", c) for c in table[1])
-    assert len(tables[0]) == 3 + 2 * len(rs.MODELS)                 # + the mean-face reference row
-    assert len(tables[1]) == 2 + 2 * len(rs.MODELS)
-    assert tables[0][-1][0].startswith("mean face") and tables[0][-1][2] == "50.00"
-    header = tables[0][0]
-    assert header[2:2 + len(rs.ANGLES)] == [f"{a}°" for a in rs.ANGLES]
-    row = tables[0][2]
-    assert row[0] == "E2TKFace faithful" and row[1] == "rotation"
-    m, s = (float(v) for v in row[2].split("±"))
+    angle_table = tables[0]
+    assert len(angle_table) == 3 + 2 * len(rs.MODELS)               # + the mean-face reference row
+    header = angle_table[0]
+    assert header[3:3 + len(rs.ANGLES)] == [f"{a}°" + ("*" if a in (90, 180) else "") for a in rs.ANGLES]
+    row = next(r for r in angle_table if r[0] == "E2TKFace faithful" and r[1] == "no rotation")
+    assert row[2] == "2/2"
+    m, s = (float(v) for v in row[3].split("±"))                    # 0 deg: 5.0 and 5.1 over the two seeds
     assert m == pytest.approx(5.05) and s == pytest.approx(0.0707, abs=1e-3)
-    assert "python -m benchmarks.rotation_study --x" in text
+    slope = 0.05 if cnn_better else 0.01
+    cost = float(row[-2].split("±")[0])                             # mean over 15..180 minus 0 deg = slope * 97.5
+    assert cost == pytest.approx(slope * 97.5, abs=0.01)
+    exact = float(row[-4].split("±")[0])                            # (90 + 180) / 2 = 135
+    assert exact == pytest.approx(5.05 + slope * 135, abs=0.01)
+    assert angle_table[-1][0].startswith("mean face") and float(angle_table[-1][3]) == BASE0
+    negative = tables[1]
+    assert [r[0] for r in negative[2:]] == ["PRNet", "PRNet"]      # only PRNet has the clockwise side
+    assert float(negative[2][-1].split("±")[0]) == pytest.approx(0.0)  # symmetric by construction
     if cnn_better:
         assert "is NOT more robust" in text and "IS more robust" not in text
     else:
         assert "IS more robust" in text and "NOT" not in text
-    img = cv2.imread(str(png_path))
+    assert "total CPU time 17.8 min" in text                        # 16 runs x 66 s + 12 s reference
+    img = cv2.imread(str(tmp_path / "out" / "rotation.png"))
     assert img is not None and img.ndim == 3 and img.shape[0] > 200 and (img < 250).any()
-    assert (tmp_path / "rotation.json").is_file()
+    assert json.loads((tmp_path / "out" / "rotation.json").read_text())["cpu_minutes"] == 17.8
+
+
+def test_failing_runs_are_flagged_and_left_out_of_the_conclusion(tmp_path):
+    runs = _fake_runs(False)
+    # PRNet without augmentation, seed 1: 12 % at 0 deg (> 10 %) and very robust -- it must not count
+    runs = [r for r in runs if not (r["label"] == "PRNet" and not r["rotation"] and r["seed"] == 1)]
+    runs.append(_run("PRNet", False, 1, slope=0.0, base=12.0))
+    text = _report(tmp_path, runs)
+    assert "PRNet, no rotation, seed 1: 12.10 % at 0°" in text
+    row = next(r for r in _tables(text)[0] if r[0] == "PRNet" and r[1] == "no rotation")
+    assert row[2] == "1/2" and row[3] == "5.00 ± 0.00"              # only seed 0 counted
+    assert "IS more robust" in text                                 # the failing flat run did not make PRNet robust
+    assert "Fewer than two passing seeds" in text and "PRNet | no rot aug" in text
+
+
+def test_augmentation_gap_closure_is_computed_from_the_numbers(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        runs += [_run("E2TKFace aligned", False, seed, 0.02), _run("E2TKFace aligned", True, seed, 0.01),
+                 _run("PRNet", False, seed, 0.06), _run("PRNet", True, seed, 0.04)]
+    text = _report(tmp_path, runs)
+    # rotated-angle means: aligned no aug 5.05 + 0.02 * 97.5; PRNet 5.05 + 0.06 * 97.5 -> 3.90 pt gap;
+    # augmentation takes PRNet down 0.02 * 97.5 = 1.95 pt = 50 % of the gap; its cost falls from 5.85 to 3.90
+    assert "augmentation closes 50 % of that gap" in text
+    assert "PRNet: rotation augmentation takes the rotated-angle NME from 10.90 to 8.95 %" in text
+    assert "cost of rotation from 5.85 to 3.90 points (33 % of it removed)" in text
+
+
+def test_run_files_round_trip_and_bad_ones_are_named_and_skipped(tmp_path):
+    runs = _fake_runs(False)[:3]
+    folder = _write_dir(tmp_path / "runs", runs)
+    back = rs.read_run(folder / rs.run_filename(runs[0]["label"], runs[0]["rotation"], runs[0]["seed"]))
+    assert back["nme"][90]["mean"] == runs[0]["nme"][90]["mean"] and back["settings"] == SETTINGS
+    (folder / "broken.json").write_text('{"label": "PRNet", "nme": {')
+    (folder / "no_angle_zero.json").write_text(json.dumps({**runs[0], "nme": {"90": runs[0]["nme"][90]}}))
+    got, baseline, problems = rs.collect_runs([folder, tmp_path / "missing.json"])
+    assert len(got) == 3 and baseline is not None
+    assert len(problems) == 3
+    assert any("broken.json" in p for p in problems) and any("no_angle_zero.json" in p for p in problems)
+    assert any("missing.json does not exist" in p for p in problems)
+    # the same run twice (two folders) is named and counted once
+    _write_dir(tmp_path / "again", runs[:1], baseline=False)
+    got, _, problems = rs.collect_runs([folder, tmp_path / "again"])
+    assert len(got) == 3 and any("repeats the run" in p for p in problems)
+
+
+def test_merge_combines_folders_and_refuses_other_settings(tmp_path, capsys):
+    runs = _fake_runs(False)
+    half = {"E2TKFace faithful", "E2TKFace aligned"}
+    a = _write_dir(tmp_path / "a", [r for r in runs if r["label"] in half])
+    b = _write_dir(tmp_path / "b", [r for r in runs if r["label"] not in half], baseline=False)
+    result = rs.main(["--merge", str(a), str(b), "--out", str(tmp_path / "all")])
+    assert len(result["runs"]) == len(runs)
+    assert len(_tables((tmp_path / "all" / "rotation.md").read_text())[0]) == 3 + 2 * len(rs.MODELS)
+    other = dict(runs[0], settings={**SETTINGS, "steps": 99})
+    _write_dir(tmp_path / "c", [other], baseline=False)
+    with pytest.raises(SystemExit) as err:
+        rs.main(["--merge", str(a), str(tmp_path / "c"), "--out", str(tmp_path / "x")])
+    message = str(err.value)
+    assert "different settings" in message and "steps 99 against 3" in message and "\n" not in message
+
+
+def test_resume_skips_finished_runs_and_refuses_a_folder_of_other_settings(tmp_path, monkeypatch):
+    """main() with the training replaced by a stub (the mean face): the first call trains every missing run, the
+    second only the one whose file was corrupted, a third with other steps is refused."""
+    from engine.evaluate import MeanPosmapModel
+
+    calls = []
+
+    def fake_train(name, kwargs, train_root, rotation, seed, settings, device, weight_mask, workers=0):
+        calls.append((name, kwargs.get("encoder"), rotation, seed))
+        return MeanPosmapModel(train_root), {"steps": settings["steps"], "train_seconds": 1.0}
+
+    monkeypatch.setattr(rs, "train_model", fake_train)
+    argv = ["--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--work", str(tmp_path / "data"),
+            "--train-count", "8", "--test-count", "3", "--steps", "5", "--angles", "0", "90",
+            "--models", "PRNet", "E2TKFace CNN", "--negative-models", "PRNet"]
+    first = rs.main(argv)
+    assert len(calls) == 2 * 2 * 2 and len(first["runs"]) == 8
+    prnet = next(r for r in first["runs"] if r["label"] == "PRNet")
+    assert sorted(prnet["nme"]) == [-90, 0, 90]
+    cnn = next(r for r in first["runs"] if r["label"] == "E2TKFace CNN")
+    assert sorted(cnn["nme"]) == [0, 90]
+    # the stub IS the mean face: NME equal to the reference at every angle, so no run counts
+    assert all(r["nme"][0]["mean"] == pytest.approx(first["baseline"]["nme"][0]["mean"]) for r in first["runs"])
+    assert "No run counts yet" in first["markdown"].read_text()
+    (tmp_path / "runs" / rs.run_filename("PRNet", True, 1)).write_text("{")       # corrupt: trained again
+    second = rs.main(argv)
+    assert len(calls) == 9 and len(second["runs"]) == 8
+    with pytest.raises(SystemExit) as err:
+        rs.main([a if a != "5" else "6" for a in argv])
+    assert "other settings (steps 6 against 5 there)" in str(err.value)
 
 
 def test_arguments_refuse_unsafe_or_crashing_settings():
-    with pytest.raises(SystemExit):
-        rs.parse_args(["--smoke"])                                  # would overwrite benchmarks/results
-    with pytest.raises(SystemExit):
-        rs.parse_args(["--width-mult", "0.25"])
-    with pytest.raises(SystemExit):
-        rs.parse_args(["--seeds", "0"])
+    for bad in (["--smoke"], ["--width-mult", "0.25"], ["--seeds", "0"], ["--seeds", "1", "1"],
+                ["--angles", "30", "60"], ["--angles", "0", "200"], ["--size", "100"], ["--warmup", "-1"]):
+        with pytest.raises(SystemExit):
+            rs.parse_args(bad + (["--out", "/tmp/x"] if bad != ["--smoke"] else []))
     args = rs.parse_args(["--smoke", "--out", "/tmp/x"])
     assert args.steps == rs.SMOKE["steps"] and args.width_mult == rs.MIN_WIDTH
-    assert rs.model_kwargs("prnet", {}, 0.5) == {"input_size": 256, "head": "published"}
-    assert rs.model_kwargs("e2tkface", {"encoder": "cnn"}, 0.5, size=128, head="mean-residual") == \
-        {"encoder": "cnn", "width_mult": 0.5, "topk": 4, "input_size": 128, "head": "mean-residual"}
+    assert rs.parse_args(["--size", "128", "--out", "/tmp/x"]).topk == 1
+    assert rs.model_kwargs("prnet", {}, 0.5) == {"input_size": 256, "head": "mean-residual"}
+    assert rs.model_kwargs("e2tkface", {"encoder": "cnn"}, 0.5, size=128, head="published") == \
+        {"encoder": "cnn", "width_mult": 0.5, "topk": 4, "input_size": 128, "head": "published"}
 
 
 @pytest.mark.slow
@@ -196,26 +323,5 @@ def test_smoke_run_end_to_end(tmp_path):
     result = rs.main(["--smoke", "--out", str(tmp_path)])
     assert len(result["runs"]) == 2 * 2 * len(rs.MODELS)
     assert (tmp_path / "rotation.md").is_file() and (tmp_path / "rotation.png").is_file()
-    assert all(np.isfinite(r["nme"][a]["mean"]) for r in result["runs"] for a in rs.ANGLES)
-    assert sorted(int(a) for a in result["meta"]["baseline"]) == sorted(rs.ANGLES)
+    assert all(np.isfinite(r["nme"][a]["mean"]) for r in result["runs"] for a in rs.SMOKE["angles"])
     assert "mean face (constant, reference)" in (tmp_path / "rotation.md").read_text()
-
-
-def test_merge_combines_partial_reports(tmp_path):
-    runs = _fake_runs(False)
-    half = {"E2TKFace faithful", "E2TKFace aligned"}
-    rs.write_report(tmp_path / "a", [r for r in runs if r["label"] in half], _meta())
-    rs.write_report(tmp_path / "b", [r for r in runs if r["label"] not in half], _meta())
-    result = rs.main(["--merge", str(tmp_path / "a" / "rotation.json"), str(tmp_path / "b" / "rotation.json"),
-                      "--out", str(tmp_path / "all")])
-    assert len(result["runs"]) == len(runs)
-    tables = _tables((tmp_path / "all" / "rotation.md").read_text())
-    assert len(tables[0]) == 3 + 2 * len(rs.MODELS)
-    assert (tmp_path / "all" / "rotation.png").is_file()
-
-
-def test_size_option_is_validated():
-    with pytest.raises(SystemExit):
-        rs.parse_args(["--size", "100", "--out", "/tmp/x"])
-    args = rs.parse_args(["--size", "128", "--out", "/tmp/x"])
-    assert args.size == 128 and args.topk == 1

@@ -168,6 +168,39 @@ def test_grey_and_alpha_images_become_rgb(tmp_path):
     np.testing.assert_array_equal(sampleio.read_image(tmp_path / "a.png"), rgba[..., :3])
 
 
+def test_sixteen_bit_and_cmyk_images_become_8_bit_rgb(tmp_path):
+    """16-bit grey (high byte kept) and CMYK (converted) come out as (H, W, 3) uint8 like every other image."""
+    from PIL import Image
+
+    grey16 = (np.arange(40 * 60, dtype=np.uint32).reshape(40, 60) * 27 % 65536).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    out = sampleio.read_image(tmp_path / "g16.png")
+    assert out.dtype == np.uint8 and out.shape == (40, 60, 3)
+    np.testing.assert_array_equal(out[..., 0], (grey16 >> 8).astype(np.uint8))
+    rgb = _test_image()
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=100)
+    back = sampleio.read_image(tmp_path / "c.jpg")
+    assert back.dtype == np.uint8 and back.shape == rgb.shape
+    assert np.abs(back.astype(int) - rgb.astype(int)).mean() < 6.0
+
+
+@pytest.mark.parametrize("orientation, turn", [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)),
+                                               (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1)),
+                                               (2, lambda a: a[:, ::-1])])
+def test_exif_orientation_is_applied_only_when_asked(tmp_path, orientation, turn):
+    """EXIF Orientation (1 upright, 3 upside down, 6 / 8 turned 90 deg clockwise / counter-clockwise for display,
+    2 mirrored): the stored grid by default (dataset annotations refer to it), the displayed picture on request."""
+    from PIL import Image
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    assert np.array_equal(sampleio.read_image(path), stored)
+    assert np.array_equal(sampleio.read_image(path, exif_orientation=True), turn(stored))
+
+
 def test_bad_images_raise_sample_error_naming_the_file(tmp_path):
     img = _test_image(120, 160)
     sampleio.atomic_write_image(tmp_path / "good.jpg", img)

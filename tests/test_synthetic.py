@@ -8,8 +8,8 @@ import scipy.io
 
 from faceutil.errors import FaceUtilError
 from faceutil.pose import project
-from faceutil.synthetic import (EXP_MODE_NAMES, JAW_OPEN, build_synthetic_model, draw_params, render_sample,
-                                synthesize_dataset)
+from faceutil.synthetic import draw_params, render_sample, synthesize_dataset
+from faceutil.synthetic_model import EXP_MODE_NAMES, JAW_OPEN, build_synthetic_model
 
 SMALL_GRID = 81
 EYES = list(range(36, 48))

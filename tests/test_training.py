@@ -21,7 +21,7 @@ TRAIN_COUNT = 12
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """12 processed synthetic 300W-LP-format samples and 4 raw AFLW2000-format ones."""
-    from faceutil.morphable import load_model
+    from faceutil.facemodel import load_model
     from faceutil.process import process_dataset
     from faceutil.synthetic import synthesize_dataset
 
@@ -37,10 +37,10 @@ def mean_map_loss(train_dir) -> float:
     """The weighted loss of predicting the samples' own mean position map for each of them (computed here, from the
     files, not by the code under test)."""
     from data.index import read_index
-    from engine.train import uv_tables
+    from faceutil.uv import uv_layout
 
     maps = np.stack([np.load(train_dir / n / f"{n}_cropped_uv_posmap.npy") for n in read_index(train_dir)]) / 280.0
-    weight = uv_tables("synthetic")[0]
+    weight = uv_layout("synthetic").weight_mask
     return float(((maps - maps.mean(0)) ** 2 * weight[None, :, :, None]).mean())
 
 
@@ -68,7 +68,7 @@ def test_real_e2tkface_memorises_a_handful_of_samples(synth, tmp_path):
 def test_mean_residual_and_input_size_through_test_predict_and_export(synth, tmp_path, capsys):
     """A 128-px mean-residual E2TKFace trained for 2 epochs: -test, -predict and both ONNX exports run from its
     checkpoint; the ONNX file reproduces torch, and the mean map is in the checkpoint and in the ONNX graph."""
-    from engine.export import OnnxBackend
+    from engine.backends import OnnxBackend
     from engine.train import run_training
     from model import build_model
 

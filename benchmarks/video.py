@@ -1,0 +1,238 @@
+"""Video benchmark (issue 15): tracking and smoothing against per-frame detection, on a synthetic video whose truth is
+known in every frame.
+
+Owns benchmarks/results/video.md (+ video.png, video.json). The video: one synthetic face (faceutil.synthetic's
+model, fixed identity, texture, light and background) moving along a smooth path: yaw 30 sin, pitch 10 sin, roll
+20 sin (different periods), the centre drifting +-60 px, 25 frames/s. Each variant runs engine.tracking.FaceTracker
+over the decoded frames (detector + crop + network + mapping back + smoothing; no video decoding or drawing):
+  per-frame detection with the upright detector (how -predict ran videos before tracking), per-frame detection with
+  the any-roll detector, tracking (detector every N frames, crops from the previous landmarks, turned upright by
+  the eye line), and tracking with --smooth at several strengths.
+Metrics over the frames where the face was found: 2D NME (%, 68 points, sqrt(w h) of the true landmark box), jitter
+(mean frame-to-frame landmark acceleration |x[t+1] - 2 x[t] + x[t-1]|, px; the truth's own is the floor), lag
+(the delay d in 0..8 frames minimising the mean distance between the output at t and the truth at t - d) and
+frames/s. Run from the repository root:
+
+    python benchmarks/video.py --checkpoint savedmodel/<run>/best.pth
+    python benchmarks/video.py                    # trains the --demo network first (about 6 min on 2 CPU cores)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results"
+NOSE_TIP = 30
+
+
+def synthetic_video(frames: int, fps: float = 25.0, size: int = 400, seed: int = 0):
+    """(frames (T, S, S, 3) uint8, truth landmarks (T, 68, 3) image px) of one face on a smooth path; the texture,
+    light, background and pixel noise are the same draw in every frame, so only the pose changes."""
+    from faceutil.facemodel import load_model
+    from faceutil.synthetic import draw_params, render_sample
+
+    model = load_model("synthetic")
+    pose0, shape, exp = draw_params(np.random.default_rng(seed), model, "AFLW2000", size)
+    images, truth = [], []
+    for k in range(frames):
+        t = k / fps
+        pose = pose0.copy()
+        pose[:3] = np.radians([10 * math.sin(2 * math.pi * t / 4.0), 30 * math.sin(2 * math.pi * t / 6.0),
+                               20 * math.sin(2 * math.pi * t / 5.0)])
+        pose[3] += 60 * math.sin(2 * math.pi * t / 7.0)                 # x drift, px
+        pose[4] -= 20 * math.sin(2 * math.pi * t / 5.5)                 # row drift (rows grow as world y falls)
+        image, lms = render_sample(model, pose, shape, exp, np.random.default_rng(seed + 1), size)
+        images.append(image)
+        truth.append(lms.astype(np.float64))
+    return np.stack(images), np.stack(truth)
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+def frame_nme(pred: np.ndarray, truth: np.ndarray) -> float:
+    """68-point 2D NME (%) of one frame, normalised by sqrt(w h) of the true landmark box (DESIGN.md section 6)."""
+    from faceutil.metrics import nme
+
+    return float(nme(pred[None, :, :2], truth[None, :, :2])[0])
+
+
+def jitter(track: np.ndarray) -> float:
+    """Mean |x[t+1] - 2 x[t] + x[t-1]| over points and frames of a (T, 68, 2) sequence, px (NaN frames skipped)."""
+    acc = np.linalg.norm(track[2:] - 2 * track[1:-1] + track[:-2], axis=-1)
+    acc = acc[np.all(np.isfinite(acc), axis=1)]
+    return float(acc.mean()) if len(acc) else float("nan")
+
+
+def lag(track: np.ndarray, truth: np.ndarray, max_lag: int = 8) -> int:
+    """The delay d (frames) minimising the mean distance between track[t] and truth[t - d]."""
+    best, best_d = math.inf, 0
+    for d in range(max_lag + 1):
+        a, b = track[d:], truth[:len(truth) - d]
+        err = np.linalg.norm(a - b, axis=-1)
+        err = err[np.all(np.isfinite(err), axis=1)]
+        if len(err) and err.mean() < best:
+            best, best_d = float(err.mean()), d
+    return best_d
+
+
+def run_variant(predictor, frames: np.ndarray, truth: np.ndarray, fps: float, redetect_every: int, smooth: float,
+                any_roll: bool) -> dict:
+    """One pass of FaceTracker over the frames; the face nearest the truth is scored in each frame."""
+    from engine.tracking import FaceTracker
+
+    predictor.any_roll = any_roll
+    tracker = FaceTracker(predictor, fps, smooth=smooth, redetect_every=redetect_every)
+    out = np.full(truth[..., :2].shape, np.nan)
+    start = time.perf_counter()
+    for k, frame in enumerate(frames):
+        faces = tracker(frame, k / fps)
+        if faces:
+            centre = truth[k, :, :2].mean(axis=0)
+            best = min(faces, key=lambda f: np.linalg.norm(f[1].landmarks[:, :2].mean(axis=0) - centre))
+            out[k] = best[1].landmarks[:, :2]
+    seconds = time.perf_counter() - start
+    found = np.all(np.isfinite(out[:, :, 0]), axis=1)
+    nmes = [frame_nme(out[k], truth[k]) for k in np.nonzero(found)[0]]
+    return {"redetect_every": redetect_every, "smooth": smooth, "any_roll": any_roll, "frames": len(frames),
+            "found": int(found.sum()), "nme": float(np.mean(nmes)) if nmes else float("nan"),
+            "jitter": jitter(out), "lag": lag(out, truth[..., :2]), "fps": len(frames) / seconds,
+            "detector_runs": tracker.stats.detections, "tracks_started": tracker.stats.started,
+            "tracks_lost": tracker.stats.lost, "nose_x": out[:, NOSE_TIP, 0].tolist()}
+
+
+# ----------------------------------------------------------------------------------------------------- report
+VARIANTS = (("per-frame detection, upright detector (before tracking)", 0, 0.0, False),
+            ("per-frame detection, any-roll detector", 0, 0.0, True),
+            ("tracking, detector every 10 frames", 10, 0.0, True),
+            ("tracking + --smooth=0.3", 10, 0.3, True),
+            ("tracking + --smooth=0.5 (default)", 10, 0.5, True),
+            ("tracking + --smooth=0.8", 10, 0.8, True))
+
+
+def draw_plot(rows: list[dict], truth: np.ndarray, path: Path) -> None:
+    """The nose tip's x over time: truth, per-frame detection, tracking + default smoothing (OpenCV only)."""
+    import cv2
+
+    from faceutil.sampleio import atomic_write_bytes
+
+    w, h, m = 900, 360, 50
+    img = np.full((h, w, 3), 255, np.uint8)
+    series = [("truth", truth[:, NOSE_TIP, 0], (0, 0, 0)),
+              (rows[0]["label"], np.array(rows[0]["nose_x"]), (40, 40, 220)),
+              (rows[4]["label"], np.array(rows[4]["nose_x"]), (30, 150, 30))]
+    values = np.concatenate([s[1][np.isfinite(s[1])] for s in series])
+    lo, hi = float(values.min()) - 5, float(values.max()) + 5
+    n = len(truth)
+
+    def xy(k, v):
+        return int(m + (w - 2 * m) * k / max(n - 1, 1)), int(h - m - (h - 2 * m) * (v - lo) / (hi - lo))
+
+    cv2.rectangle(img, (m, m), (w - m, h - m), (0, 0, 0), 1)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for i, (label, ys, colour) in enumerate(series):
+        pts = [xy(k, v) for k, v in enumerate(ys) if np.isfinite(v)]
+        for a, b in zip(pts[:-1], pts[1:]):
+            cv2.line(img, a, b, colour, 1 if i == 0 else 2, cv2.LINE_AA)
+        cv2.putText(img, label, (m + 10, 20 + 14 * i), font, 0.42, colour, 1, cv2.LINE_AA)
+    cv2.putText(img, "frame", (w // 2, h - 15), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "nose tip x (px)", (5, m - 8), font, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    ok, buf = cv2.imencode(".png", img)
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def write_report(out: Path, rows: list[dict], truth: np.ndarray, meta: dict) -> Path:
+    from faceutil.sampleio import atomic_write_bytes
+
+    base = rows[0]
+    truth_jitter = jitter(truth[..., :2])
+    lines = ["# Video: tracking and smoothing against per-frame detection", "",
+             f"- Command: `{meta['command']}`", f"- Date: {meta['date']}; machine: {meta['machine']}",
+             f"- Network: {meta['network']}",
+             f"- Video: {truth.shape[0]} frames of {meta['size']}x{meta['size']} at {meta['fps']:g} frames/s, one "
+             "synthetic face (fixed identity, texture, light and background): yaw 30° sin (6 s), pitch 10° sin "
+             "(4 s), roll 20° sin (5 s), centre drifting ±60 px / ±20 px. The truth's own jitter (its motion's "
+             f"acceleration) is {truth_jitter:.3f} px.",
+             "- Timing: FaceTracker over decoded frames (detector, crop, network, mapping back, smoothing); video "
+             "decoding, drawing and writing excluded. Ratios are against the first row, measured in the same run.",
+             "", "| variant | frames with the face | 2D NME % | NME vs first | jitter px | jitter ÷ first "
+             "| lag (frames) | frames/s | speed × first | detector runs |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['found']}/{r['frames']} | {r['nme']:.2f} | {r['nme'] / base['nme']:.3f} | "
+                     f"{r['jitter']:.3f} | {base['jitter'] / r['jitter']:.2f} | {r['lag']} | {r['fps']:.2f} | "
+                     f"{r['fps'] / base['fps']:.2f} | {r['detector_runs']} |")
+    default = rows[4]
+    targets = [("jitter at least 3x lower", base["jitter"] / default["jitter"] >= 3.0,
+                f"{base['jitter'] / default['jitter']:.2f}x"),
+               ("NME no more than 5 % worse", default["nme"] <= 1.05 * base["nme"],
+                f"{100 * (default['nme'] / base['nme'] - 1):+.1f} %"),
+               ("frames/s at least 1.5x", default["fps"] >= 1.5 * base["fps"], f"{default['fps'] / base['fps']:.2f}x")]
+    lines += ["", f"Targets (issue 15), default settings ({default['label']}) against the first row:", ""]
+    lines += [f"- {name}: {'met' if ok else 'NOT met'} ({value})" for name, ok, value in targets]
+    lines += ["", "![nose tip x over time](video.png)", ""]
+    path = out / "video.md"
+    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
+    draw_plot(rows, truth, out / "video.png")
+    record = {"meta": meta, "truth_jitter": truth_jitter,
+              "rows": [{k: v for k, v in r.items() if k != "nose_x"} for r in rows],
+              "targets": {name: {"met": ok, "value": value} for name, ok, value in targets}}
+    atomic_write_bytes(out / "video.json", (json.dumps(record, indent=1) + "\n").encode("utf-8"))
+    return path
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default=None, help="network to run (default: train the --demo network first)")
+    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--size", type=int, default=400)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default="savedmodel/video_benchmark", help="folder for the trained demo network")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    import torch
+
+    from config import Config
+    from engine.predict import Predictor
+
+    torch.set_num_threads(args.threads)
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from engine.demo import run_demo
+
+        summary = run_demo(Config(demo=True, out=str(Path(args.work) / "demo"), progress=False))
+        checkpoint = summary["checkpoint"]
+        network = (f"the --demo network ({summary['model']} {summary['model_kwargs']}, "
+                   f"{summary['nme2d_after']:.2f} % 2D NME on the demo test set vs {summary['nme2d_mean_face']:.2f} % "
+                   "for the mean face)")
+    else:
+        network = str(checkpoint)
+    frames, truth = synthetic_video(args.frames, size=args.size)
+    predictor = Predictor(checkpoint, device="cpu")
+    predictor(frames[0])                                      # first-call costs (numba, caches) out of the timing
+    rows = []
+    for label, redetect, smooth, any_roll in VARIANTS:
+        row = run_variant(predictor, frames, truth, 25.0, redetect, smooth, any_roll)
+        rows.append({"label": label, **row})
+        print(f"{label}: found {row['found']}/{row['frames']}, NME {row['nme']:.2f} %, jitter {row['jitter']:.3f} px, "
+              f"lag {row['lag']}, {row['fps']:.2f} frames/s", flush=True)
+    meta = {"command": "python benchmarks/video.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": started, "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
+            "network": network, "size": args.size, "fps": 25.0}
+    path = write_report(Path(args.out), rows, truth, meta)
+    print(f"wrote {path}")
+    return {"rows": rows, "path": path}
+
+
+if __name__ == "__main__":
+    main()
