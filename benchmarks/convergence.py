@@ -532,7 +532,10 @@ def cmd_report(args) -> None:
                "statistics), every 3 training minutes at the end of the epoch that crosses the mark. The dashed line "
                "of the plot is the mean-face NME. ![learning curves](convergence.png)", ""]
         for c in curves:
-            sp = c["spec"]
+            sp = dict(c["spec"])
+            if sp["model"] == "prnet":                   # PRNet has no encoder choice and no width: full size
+                sp.pop("encoder", None)
+                sp["width_mult"] = "1 (PRNet has no width option)"
             md += [f"### {c['label']}", "", "Settings: " + ", ".join(f"{k} {v}" for k, v in sp.items()) +
                    f". Started {c['started']}, last point {c.get('updated', '-')}; {c['machine']}.", "",
                    f"Mean-face reference: {c['mean_face_nme2d']:.2f} %. {curve_reading(c)}", "",
