@@ -178,7 +178,7 @@ class Config:
     # inference jobs (engine.predict / engine.export)
     predict: str | None = None
     bbox: str | None = None
-    any_roll: bool = True
+    any_roll: bool = False
     smooth: float = 0.5
     redetect_every: int = 10
     export_format: str | None = None
@@ -304,7 +304,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--bbox",), "bbox", str, "face boxes for -predict as 'x1,y1,x2,y2' (several separated by ';'); default: "
                                "detect faces"),
     (("--any-roll",), "any_roll", "bool", "-predict: also look for faces turned by 90, 180 and 270 degrees (the "
-                                          "face detector finds upright faces only)"),
+                                          "face detector finds upright faces only; four detector passes, and more "
+                                          "false boxes on upright photos)"),
     (("--smooth",), "smooth", _float, "-predict on video: strength 0..1 of the temporal smoothing of landmarks, "
                                       "mesh and pose (One Euro filter; 0 = each frame's own output)"),
     (("--redetect-every",), "redetect_every", _int, "-predict on video: run the face detector every N frames and "

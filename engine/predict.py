@@ -159,7 +159,7 @@ class Predictor:
     def __init__(self, source, device=None, bfm: str | None = None, model: str | None = None,
                  model_kwargs: dict | None = None, export: bool = True, batch_size: int = 8, detector=None,
                  precision: str = "fp32", channels_last: bool = False, compile: bool = False,
-                 any_roll: bool = True):
+                 any_roll: bool = False):
         from engine.backends import open_network
 
         net = open_network(source, device=device, bfm=bfm, model=model, model_kwargs=model_kwargs, export=export,
