@@ -78,7 +78,6 @@ def test_every_registered_model_trains_on_a_fixed_sample(name):
         loss.backward()
         if step == 0:
             assert pred.shape == (1, 3, 256, 256) and pred.dtype == torch.float32
-            assert pred.abs().max() <= 1.0                           # tanh output
             grads = [p.grad for p in net.parameters() if p.requires_grad]
             assert all(g is not None and torch.isfinite(g).all() for g in grads)
             assert sum(g.abs().sum().item() for g in grads) > 0
