@@ -187,6 +187,9 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
             optimizer.step()
             losses.append(float(loss.detach()))
             step += 1
+            if step % 250 == 0:
+                print(f"  {name} {kwargs.get('encoder', '')} rotation={rotation} seed {seed}: step {step}/{steps}, "
+                      f"loss {np.mean(losses[-50:]):.4f}, {time.perf_counter() - start:.0f} s", flush=True)
             if step >= steps:
                 break
         epoch += 1

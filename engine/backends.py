@@ -71,7 +71,7 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """onnxruntime session over an exported file; same call contract as engine.predict.TorchBackend.
+    """onnxruntime session over an exported file; the same call contract as TorchBackend.
 
     metadata: the file's metadata_props as a dict. max_batch: 1 for files exported with a fixed batch, else None.
     """
