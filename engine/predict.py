@@ -14,6 +14,7 @@ import numpy as np
 from faceutil.uv import POSMAP_SCALE
 
 CROP_SIZE = 256
+POSE_POINT_STEP = 8                        # fit_pose: every 8th dense point
 CROP_ENLARGE = 1.5                         # crop side = 1.5 x the landmark box, as in training and evaluation
 BOX_KINDS = ("detector", "landmarks")
 CONVENTIONS = ("image px: x = column, y = row (pixel centres at integers); z = depth in image-pixel scale, larger = "
@@ -86,7 +87,9 @@ def uv_geometry(bfm: str = "synthetic") -> UVGeometry:
 class FaceResult:
     """One face predicted in one image (all coordinates in the original image; see CONVENTIONS).
 
-    box: (4,) float64 [x1, y1, x2, y2] the box the face came from; box_kind: "detector" or "landmarks".
+    box: (4,) float64 [x1, y1, x2, y2] the box the face came from; box_kind: "detector", "landmarks" (a given
+    landmark box) or "tracked" (engine.tracking: the crop followed the face from the previous frame; box is then the
+    axis-aligned box of the crop's face square, 1 / CROP_ENLARGE of the crop).
     roll: degrees (counter-clockwise as displayed) the face was taken to be turned by: the crop was turned back by
     it, so the network saw the face upright. crop: faceutil.crop.Similarity original image -> 256x256 network crop.
     posmap: (256, 256, 3) float32 predicted position map in crop pixels.
@@ -128,13 +131,15 @@ def fit_pose(vertices: np.ndarray, mean_points: np.ndarray, image_height: int) -
 
     vertices: (F, 3) image coordinates (x column, y row, z depth); mean_points: (F, 3) model space (y up), same
     UV pixels. The image y axis points down, the model's up: world y = H + 1 - row (faceutil.pose.project).
+    Every POSE_POINT_STEP-th point is used (a regular subsample of the UV grid, an eighth of the cost, which matters
+    per video frame; on benchmarks/video.py's frames the angles moved by at most 0.013 degrees, the scale 0.01 %).
     Returns yaw, pitch, roll (degrees, floats), scale (px per model unit), rotation (3, 3), translation (3,).
     """
     from faceutil.pose import estimate_similarity, matrix2angle
 
-    world = np.array(vertices, dtype=np.float64)
+    world = np.array(vertices[::POSE_POINT_STEP], dtype=np.float64)
     world[:, 1] = (image_height + 1) - world[:, 1]
-    s, rot, t = estimate_similarity(mean_points, world)
+    s, rot, t = estimate_similarity(mean_points[::POSE_POINT_STEP], world)
     pitch, yaw, roll = matrix2angle(rot)
     return {"yaw": math.degrees(yaw), "pitch": math.degrees(pitch), "roll": math.degrees(roll), "scale": float(s),
             "rotation": rot, "translation": t}
@@ -234,8 +239,6 @@ class Predictor:
         turned back so the network sees it upright, and every output is mapped back into the image.
         Returns one FaceResult per box, in box order ([] when there is no face).
         """
-        from faceutil.uv import posmap_landmarks, posmap_vertices
-
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
@@ -245,18 +248,25 @@ class Predictor:
         rolls = np.zeros(len(boxes)) if rolls is None else np.asarray(rolls, dtype=np.float64).reshape(-1)
         if len(rolls) != len(boxes):
             raise ValueError(f"{len(rolls)} rolls for {len(boxes)} boxes")
-        if not len(boxes):
-            return []
         sims = [self.crop_for_box(b, box_kind, r) for b, r in zip(boxes, rolls)]
+        return self.predict_crops(image, sims, boxes, [box_kind] * len(boxes), rolls)
+
+    def predict_crops(self, image: np.ndarray, sims: list, boxes, box_kinds: list[str], rolls) -> list[FaceResult]:
+        """The faces seen through given crops (faceutil.crop.Similarity original -> 256x256, e.g. a tracker's), in
+        one network batch; boxes / box_kinds / rolls are recorded in each FaceResult as given."""
+        from faceutil.uv import posmap_landmarks, posmap_vertices
+
+        if not len(sims):
+            return []
         crops = np.stack([s.warp_image(image, CROP_SIZE) for s in sims])
         posmaps = self.run_network(crops)
         geo = self.geometry
         results = []
-        for box, roll, sim, pm in zip(boxes, rolls, sims, posmaps):
+        for box, kind, roll, sim, pm in zip(boxes, box_kinds, rolls, sims, posmaps):
             inv = sim.inverse()
             lms = inv.apply(posmap_landmarks(pm, geo.kpt_ind))
             verts = inv.apply(posmap_vertices(pm, geo.face_mask))
             pose = fit_pose(verts, geo.mean_points, image.shape[0])
-            results.append(FaceResult(box=box, box_kind=box_kind, crop=sim, posmap=pm, landmarks=lms,
-                                      vertices=verts, pose=pose, roll=float(roll)))
+            results.append(FaceResult(box=np.asarray(box, dtype=np.float64), box_kind=kind, crop=sim, posmap=pm,
+                                      landmarks=lms, vertices=verts, pose=pose, roll=float(roll)))
         return results

@@ -1,6 +1,22 @@
-"""Faces across video frames: tracking (each face's next crop placed from its landmarks in the previous frame, the
-detector run again only every N frames or when a face is lost) and causal smoothing of landmarks, dense points and
-pose (faceutil.smoothing.OneEuroFilter, strength --smooth).
+"""Faces across video frames: tracking and causal smoothing.
+
+Each tracked face keeps its crop (faceutil.crop.Similarity original -> 256x256). From one frame to the next the crop
+moves with the face: the face's inner landmarks of the previous frame (brows, eyes, nose, mouth: points 17-67) are
+followed into the new frame by pyramidal Lucas-Kanade optical flow, a similarity is fitted to their motion (RANSAC),
+and the crop moves, turns and scales by it. The crop is not rebuilt from the network's own landmark box: a network
+whose output leans towards the mean face of its crop (every briefly trained one does; measured on the --demo
+network, a crop shifted down 15 px moved its landmarks down 18 px, a crop 25 % larger made its face 22-25 % larger)
+would then drag the crop along with its bias, frame after frame, and drift away (2D NME 2 % -> 20 % in ten frames on
+benchmarks/video.py's synthetic video). The flow follows the image, not the network.
+
+The detector runs on the first frame, every N-th frame and whenever a face was lost. A detection that matches a track
+re-places its crop (the detector is the reference that does not drift; the track keeps its id and filters), and a
+track that no detection confirms MAX_MISSES times in a row is dropped. Landmarks, dense points and pose are smoothed
+by faceutil.smoothing.OneEuroFilter (strength --smooth). Measured on benchmarks/video.py's video with the --demo
+network (2026-12-05): re-placing the crop at every detection, halfway towards it, or only when the two disagree by
+more than the training crops' own jitter gave 2D NME 9.00 / 9.24 / 10.16 % and jitter 5.3 / 4.2 / 3.9 px unsmoothed
+(per-frame detection: 9.41 %, 11.1 px); with --smooth 0.5 the first and second gave 8.79 / 9.20 % at 3.2 / 2.3 px
+jitter but 1 / 3 frames of lag: the first is kept.
 """
 from __future__ import annotations
 
@@ -8,53 +24,116 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.predict import FaceResult, Predictor, fit_pose
+from engine.predict import CROP_ENLARGE, CROP_SIZE, FaceResult, Predictor, fit_pose
+from faceutil.crop import Similarity
 from faceutil.smoothing import OneEuroFilter
 
-#: a track is lost when its new landmark box is this much larger / smaller than the previous one, or when its centre
-#: moved more than this fraction of the previous box side (the crop spans 1.5 sides, so the face left the crop)
+#: a track is lost when its face's landmark box, seen in its crop, sits further than this fraction of the crop side
+#: from the crop centre, or is this factor larger / smaller than the face square the crop was made for
+LOST_SHIFT = 0.25
 LOST_SCALE = 1.6
-LOST_SHIFT = 0.6
-#: detections overlapping a track's landmark-box estimate by more than this IoU are that track, not a new face
+#: a detection re-places its track's crop (keeping the track's turn) unless their turns differ by more than this (degrees)
+REANCHOR_TURN = 45.0
+#: a detection whose face square overlaps a track's by more than this IoU is that track's face (it confirms the track;
+#: another box that overlaps a track as much starts no new one), and re-places the track's crop only from this IoU on
+#: (a flow-followed crop drifts slowly; a box that would move it further is more often the cascade's false box)
 MATCH_IOU = 0.3
-SUBJECT_RIGHT_EYE, SUBJECT_LEFT_EYE = slice(36, 42), slice(42, 48)   # iBUG 68: image left / right when upright
+REANCHOR_IOU = 0.5
+#: redetections in a row that find no face on a track before it is dropped (a false detection is not kept for ever)
+MAX_MISSES = 3
+#: optical flow: points whose forward-backward error exceeds this (px) are not used; fewer usable than this: lost
+FLOW_FB_ERROR = 1.0
+MIN_FLOW_POINTS = 10
+INNER = slice(17, 68)                           # iBUG 68 points without the jaw line (which lies on the silhouette)
 
 
-def eye_line_roll(landmarks: np.ndarray) -> float:
-    """The face's in-plane turn in the image from its 68 landmarks: the angle of the line from the subject's right
-    eye (points 36-41) to the left eye (42-47), degrees counter-clockwise as displayed (0 for an upright face)."""
-    d = landmarks[SUBJECT_LEFT_EYE, :2].mean(axis=0) - landmarks[SUBJECT_RIGHT_EYE, :2].mean(axis=0)
-    return float(np.degrees(np.arctan2(-d[1], d[0])))
+def face_square(crop: Similarity) -> np.ndarray:
+    """(4,) [x1, y1, x2, y2]: the original-image axis-aligned box of the crop's face square (the centred square of
+    side CROP_SIZE / CROP_ENLARGE, where the landmark box of a well-placed face lies)."""
+    c, h = (CROP_SIZE - 1) / 2.0, CROP_SIZE / CROP_ENLARGE / 2.0
+    corners = crop.inverse().apply(np.array([[c - h, c - h], [c + h, c - h], [c + h, c + h], [c - h, c + h]]))
+    return np.concatenate([corners.min(axis=0), corners.max(axis=0)])
 
 
-def landmark_box(landmarks: np.ndarray) -> np.ndarray:
-    lo, hi = landmarks[:, :2].min(axis=0), landmarks[:, :2].max(axis=0)
-    return np.concatenate([lo, hi])
+def follow_points(previous: np.ndarray, current: np.ndarray, points: np.ndarray) -> Similarity | None:
+    """The similarity that moves `points` (N, 2) of the greyscale frame `previous` onto where they are in `current`
+    (pyramidal Lucas-Kanade with a forward-backward check, then a RANSAC similarity fit), or None when fewer than
+    MIN_FLOW_POINTS points can be followed (the face left, was covered, or the frame changed too much)."""
+    import cv2
+
+    p0 = np.ascontiguousarray(points, dtype=np.float32).reshape(-1, 1, 2)
+    if not np.all(np.isfinite(p0)):
+        return None
+    kw = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    p1, ok1, _ = cv2.calcOpticalFlowPyrLK(previous, current, p0, None, **kw)
+    back, ok2, _ = cv2.calcOpticalFlowPyrLK(current, previous, p1, None, **kw)
+    good = (ok1[:, 0] == 1) & (ok2[:, 0] == 1) & (np.linalg.norm(back - p0, axis=2)[:, 0] < FLOW_FB_ERROR)
+    if good.sum() < MIN_FLOW_POINTS:
+        return None
+    m, inliers = cv2.estimateAffinePartial2D(p0[good], p1[good], method=cv2.RANSAC, ransacReprojThreshold=2.0)
+    if m is None or inliers is None or int(inliers.sum()) < MIN_FLOW_POINTS:
+        return None
+    return Similarity(m)
+
+
+def crop_params(crop: Similarity) -> tuple[np.ndarray, float, float]:
+    """(image point at the crop centre (2,), crop px per image px, angle in degrees) of an original -> crop map."""
+    c = (CROP_SIZE - 1) / 2.0
+    return crop.inverse().apply(np.array([c, c])), crop.scale, crop.angle
+
+
+def crop_from_params(centre: np.ndarray, scale: float, angle: float) -> Similarity:
+    """The original -> crop similarity that puts `centre` at the crop centre, scaled by `scale` and turned by `angle`
+    degrees (counter-clockwise as displayed): the inverse of crop_params."""
+    a = np.radians(angle)
+    lin = scale * np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    c = (CROP_SIZE - 1) / 2.0
+    return Similarity(np.hstack([lin, (c - lin @ np.asarray(centre, dtype=np.float64))[:, None]]))
+
+
+def reanchored(tracked: Similarity, detected: Similarity) -> Similarity:
+    """A tracked crop re-placed by its detection: the detection's centre and scale with the track's turn (an
+    upright-only detector says 0 for a face rolled by 20 degrees; the flow knows better). A detection at a turn more
+    than REANCHOR_TURN degrees from the track's (--any-roll: the cascade also fired on the image turned by a quarter)
+    leaves the tracked crop as it is."""
+    (_, _, turn), (centre, scale, det_turn) = crop_params(tracked), crop_params(detected)
+    if abs((det_turn - turn + 180.0) % 360.0 - 180.0) > REANCHOR_TURN:
+        return tracked
+    return crop_from_params(centre, scale, turn)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    from faceutil.detect import box_iou
+
+    return float(box_iou(a, b))
 
 
 @dataclass
 class Track:
-    """One face followed over frames: its last raw (unsmoothed) landmarks place the next crop."""
+    """One face followed over frames: its crop, how the crop was placed this frame, its last raw (unsmoothed)
+    landmarks (the points the optical flow follows) and its filters."""
 
     ident: int
-    landmarks: np.ndarray
-    roll: float
+    crop: Similarity
+    kind: str                                # "detector" (placed by a detection this frame) or "tracked"
+    landmarks: np.ndarray | None = None
     filters: dict = field(default_factory=dict)
     frames: int = 0
+    misses: int = 0                          # redetections in a row that did not find this face
 
 
 @dataclass
 class TrackStats:
     frames: int = 0
-    detections: int = 0                      # frames on which the detector ran
-    lost: int = 0                            # tracks dropped because their face left the crop
+    detections: int = 0                      # detector runs
     started: int = 0                         # tracks started from a detection
+    lost: int = 0                            # tracks dropped (flow failed, face left its crop, or unconfirmed)
 
 
 class FaceTracker:
     """Per-frame faces of a video with tracking and smoothing, behind the same Predictor.
 
-    redetect_every: run the detector on the first frame, then every N-th frame and whenever no face is tracked
+    redetect_every: run the detector on the first frame, then every N-th frame and whenever a face was lost
     (0 = on every frame: no tracking, each frame's faces come from its own detection). smooth: --smooth strength in
     [0, 1] (0 = off: each frame's raw output). boxes: fixed detector boxes (--bbox) used instead of the detector.
     fps: frame rate of the video (the filter works in seconds).
@@ -72,74 +151,126 @@ class FaceTracker:
         self.stats = TrackStats()
         self._next_id = 0
         self._since_detection = 0
-
-    # ------------------------------------------------------------------------------------------ detection
-    def _detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self.stats.detections += 1
-        if self.boxes is not None:
-            return self.boxes, np.zeros(len(self.boxes))
-        return self.predictor.detect(image)
-
-    def _new_faces(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Detections that are not already tracked faces."""
-        from faceutil.detect import box_iou, landmark_box_from_detection
-
-        boxes, rolls = self._detect(image)
-        keep = []
-        for i, (b, r) in enumerate(zip(boxes, rolls)):
-            guess = landmark_box_from_detection(b, r)
-            if all(box_iou(guess, landmark_box(t.landmarks)) <= MATCH_IOU for t in self.tracks):
-                keep.append(i)
-        return boxes[keep], rolls[keep]
+        self._gray: np.ndarray | None = None
+        self._lost = False
 
     # ------------------------------------------------------------------------------------------ one frame
     def __call__(self, image: np.ndarray, t: float | None = None) -> list[tuple[int, FaceResult]]:
         """The faces of the next frame (RGB uint8) as (track id, FaceResult), smoothed when asked; t: the frame's
         time in seconds (default: frame number / fps)."""
+        import cv2
+
         t = self.stats.frames / self.fps if t is None else float(t)
         self.stats.frames += 1
-        detect = self.redetect_every == 0 or not self.tracks or self._since_detection >= self.redetect_every
+        gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
         if self.redetect_every == 0:
             self.tracks = []                                     # no tracking: every frame starts afresh
-        results: list[tuple[Track, FaceResult]] = []
-        if self.tracks:
-            boxes = np.stack([landmark_box(tr.landmarks) for tr in self.tracks])
-            faces = self.predictor(image, boxes, box_kind="landmarks", rolls=[tr.roll for tr in self.tracks])
-            alive = []
-            for tr, face in zip(self.tracks, faces):
-                if self._still_there(tr, face, image.shape):
-                    alive.append(tr)
-                    results.append((tr, face))
-                else:
-                    self.stats.lost += 1
-            self.tracks = alive
-            detect = detect or len(alive) < len(boxes)
-        self._since_detection += 1
+        else:
+            self._follow(gray)
+        detect = (self.redetect_every == 0 or not self.tracks or self._lost
+                  or self._since_detection >= self.redetect_every)
+        self._lost = False
         if detect:
-            self._since_detection = 1
-            boxes, rolls = self._new_faces(image)
-            if len(boxes):
-                for face in self.predictor(image, boxes, box_kind="detector", rolls=rolls):
-                    tr = Track(self._next_id, face.landmarks, face.roll)
-                    self._next_id += 1
-                    self.stats.started += 1
-                    self.tracks.append(tr)
-                    results.append((tr, face))
+            self._detect(image, reanchor=True)
+        self._since_detection += 1
+        results = self._predict(image, self.tracks)
+        if self._lost and not detect:                            # a face left its crop: look for faces now
+            self._lost = False
+            results += self._predict(image, self._detect(image, reanchor=False))
+        self._gray = gray
         out = []
         for tr, face in results:
-            tr.landmarks, tr.roll, tr.frames = face.landmarks, eye_line_roll(face.landmarks), tr.frames + 1
+            tr.landmarks, tr.kind, tr.frames = face.landmarks, "tracked", tr.frames + 1
             out.append((tr.ident, self._smoothed(tr, face, t, image.shape[0])))
         return out
 
+    def _follow(self, gray: np.ndarray) -> None:
+        """Move every track's crop by the optical flow of its previous landmarks; drop those that cannot be followed."""
+        alive = []
+        for tr in self.tracks:
+            motion = None
+            if self._gray is not None and self._gray.shape == gray.shape and tr.landmarks is not None:
+                motion = follow_points(self._gray, gray, tr.landmarks[INNER, :2])
+            if motion is None:
+                self.stats.lost += 1
+                self._lost = True
+                continue
+            tr.crop = motion.inverse().compose(tr.crop)
+            alive.append(tr)
+        self.tracks = alive
+
+    def _detect(self, image: np.ndarray, reanchor: bool) -> list[Track]:
+        """Run the detector: a detection matching a track confirms it and, when `reanchor`, gives it its crop (the
+        track keeps its id and filters); the others start tracks (returned). Tracks unconfirmed MAX_MISSES times in a
+        row are dropped."""
+        self.stats.detections += 1
+        self._since_detection = 0
+        if self.boxes is not None:
+            boxes, rolls = self.boxes, np.zeros(len(self.boxes))
+        else:
+            boxes, rolls = self.predictor.detect(image)
+        crops = [self.predictor.crop_for_box(b, "detector", r) for b, r in zip(boxes, rolls)]
+        squares = [face_square(c) for c in crops]
+        pairs = sorted(((_iou(sq, face_square(tr.crop)), i, j) for i, sq in enumerate(squares)
+                        for j, tr in enumerate(self.tracks)), reverse=True)
+        used_det, matched, overlapping = set(), {}, set()
+        for iou, i, j in pairs:
+            if iou > MATCH_IOU:
+                overlapping.add(i)
+                if i not in used_det and j not in matched:
+                    used_det.add(i)
+                    matched[j] = (i, iou)
+        kept = []
+        for j, tr in enumerate(self.tracks):
+            if j in matched:
+                tr.misses = 0
+                i, iou = matched[j]
+                if reanchor and iou >= REANCHOR_IOU:
+                    tr.crop, tr.kind = reanchored(tr.crop, crops[i]), "detector"
+            else:
+                tr.misses += 1
+                if tr.misses >= MAX_MISSES:
+                    self.stats.lost += 1
+                    continue
+            kept.append(tr)
+        new = []
+        for i, crop in enumerate(crops):
+            if i not in overlapping:                             # a second box on a tracked face is not a face
+                new.append(Track(self._next_id, crop, "detector"))
+                self._next_id += 1
+                self.stats.started += 1
+        self.tracks = kept + new
+        return new
+
+    def _predict(self, image: np.ndarray, tracks: list[Track]) -> list[tuple[Track, FaceResult]]:
+        """One network batch over the tracks' crops; a tracked face that left its crop drops its track."""
+        tracks = list(tracks)
+        faces = self.predictor.predict_crops(image, [tr.crop for tr in tracks],
+                                             [face_square(tr.crop) for tr in tracks], [tr.kind for tr in tracks],
+                                             [-tr.crop.angle for tr in tracks])
+        results = []
+        for tr, face in zip(tracks, faces):
+            if tr.kind == "tracked" and not self._in_crop(tr.crop, face.landmarks, image.shape):
+                self.tracks.remove(tr)
+                self.stats.lost += 1
+                self._lost = True
+                continue
+            results.append((tr, face))
+        return results
+
     @staticmethod
-    def _still_there(track: Track, face: FaceResult, shape) -> bool:
-        old, new = landmark_box(track.landmarks), landmark_box(face.landmarks)
-        side_old = max(old[2] - old[0], old[3] - old[1], 1e-6)
-        side_new = max(new[2] - new[0], new[3] - new[1])
-        shift = np.linalg.norm((new[:2] + new[2:]) / 2 - (old[:2] + old[2:]) / 2) / side_old
-        inside = new[2] > 0 and new[3] > 0 and new[0] < shape[1] - 1 and new[1] < shape[0] - 1
-        return bool(np.all(np.isfinite(face.landmarks)) and inside and shift < LOST_SHIFT
-                    and 1.0 / LOST_SCALE < side_new / side_old < LOST_SCALE)
+    def _in_crop(crop: Similarity, landmarks: np.ndarray, shape) -> bool:
+        """Whether a face's landmarks lie where its crop expects a face (and inside the image)."""
+        if not np.all(np.isfinite(landmarks)):
+            return False
+        p = crop.apply(landmarks[:, :2])
+        lo, hi = p.min(axis=0), p.max(axis=0)
+        shift = np.linalg.norm((lo + hi) / 2 - (CROP_SIZE - 1) / 2.0) / CROP_SIZE
+        side = max(hi - lo) / (CROP_SIZE / CROP_ENLARGE)
+        img = landmarks[:, :2]
+        inside = img[:, 0].max() > 0 and img[:, 1].max() > 0 and img[:, 0].min() < shape[1] - 1 \
+            and img[:, 1].min() < shape[0] - 1
+        return bool(inside and shift < LOST_SHIFT and 1.0 / LOST_SCALE < side < LOST_SCALE)
 
     def _smoothed(self, track: Track, face: FaceResult, t: float, height: int) -> FaceResult:
         if self.smooth == 0.0:

@@ -35,6 +35,12 @@ class Similarity:
         """Destination pixels per source pixel: sqrt(|det|) of the linear part."""
         return float(np.sqrt(abs(np.linalg.det(self.matrix[:2, :2]))))
 
+    @property
+    def angle(self) -> float:
+        """Degrees, counter-clockwise as displayed (y down), by which the map turns the image (rotation_about's
+        sense): a crop made by turning the image by -r sees a face turned by r upright."""
+        return float(np.degrees(np.arctan2(self.matrix[0, 1], self.matrix[0, 0])))
+
     def apply(self, points: np.ndarray) -> np.ndarray:
         """Map points (..., 2) or (..., 3): x, y by the similarity, z (if present) multiplied by `scale`.
 
