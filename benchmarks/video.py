@@ -148,7 +148,7 @@ def draw_plot(rows: list[dict], truth: np.ndarray, path: Path) -> None:
         pts = [xy(k, v) for k, v in enumerate(ys) if np.isfinite(v)]
         for a, b in zip(pts[:-1], pts[1:]):
             cv2.line(img, a, b, colour, 1 if i == 0 else 2, cv2.LINE_AA)
-        cv2.putText(img, label, (m + 10, 20 + 14 * i), font, 0.42, colour, 1, cv2.LINE_AA)
+        cv2.putText(img, label, (w - m - 330, 14 + 13 * i), font, 0.42, colour, 1, cv2.LINE_AA)
     cv2.putText(img, "frame", (w // 2, h - 15), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "nose tip x (px)", (5, m - 8), font, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
     ok, buf = cv2.imencode(".png", img)
