@@ -325,3 +325,10 @@ def test_smoke_run_end_to_end(tmp_path):
     assert (tmp_path / "rotation.md").is_file() and (tmp_path / "rotation.png").is_file()
     assert all(np.isfinite(r["nme"][a]["mean"]) for r in result["runs"] for a in rs.SMOKE["angles"])
     assert "mean face (constant, reference)" in (tmp_path / "rotation.md").read_text()
+
+
+def test_one_seed_gives_no_verdict(tmp_path):
+    """A single seed has no spread: however large the difference, the report draws no equivariance verdict."""
+    runs = [r for r in _fake_runs(False) if r["seed"] == 0]
+    text = _report(tmp_path, runs)
+    assert "no verdict yet" in text and "IS more robust" not in text and "NOT more robust" not in text
