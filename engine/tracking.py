@@ -30,7 +30,8 @@ from faceutil.smoothing import OneEuroFilter
 #: from the crop centre, or is this factor larger / smaller than the face square the crop was made for
 LOST_SHIFT = 0.25
 LOST_SCALE = 1.6
-#: a detection re-places its track's crop (keeping the track's turn) unless their turns differ by more than this (degrees)
+#: a detection re-places its track's crop (keeping the track's turn) unless their turns differ by more than this
+#: many degrees
 REANCHOR_TURN = 45.0
 #: a detection whose face square overlaps a track's by more than this IoU is that track's face (it confirms the track;
 #: another box that overlaps a track as much starts no new one), and re-places the track's crop only from this IoU on
@@ -98,12 +99,6 @@ def reanchored(tracked: Similarity, detected: Similarity) -> Similarity:
     if abs((det_turn - turn + 180.0) % 360.0 - 180.0) > REANCHOR_TURN:
         return tracked
     return crop_from_params(centre, scale, turn)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    from faceutil.detect import box_iou
-
-    return float(box_iou(a, b))
 
 
 @dataclass
@@ -201,6 +196,8 @@ class FaceTracker:
         """Run the detector: a detection matching a track confirms it and, when `reanchor`, gives it its crop (the
         track keeps its id and filters); the others start tracks (returned). Tracks unconfirmed MAX_MISSES times in a
         row are dropped."""
+        from faceutil.detect import box_iou
+
         self.stats.detections += 1
         self._since_detection = 0
         if self.boxes is not None:
@@ -209,7 +206,7 @@ class FaceTracker:
             boxes, rolls = self.predictor.detect(image)
         crops = [self.predictor.crop_for_box(b, "detector", r) for b, r in zip(boxes, rolls)]
         squares = [face_square(c) for c in crops]
-        pairs = sorted(((_iou(sq, face_square(tr.crop)), i, j) for i, sq in enumerate(squares)
+        pairs = sorted(((box_iou(sq, face_square(tr.crop)), i, j) for i, sq in enumerate(squares)
                         for j, tr in enumerate(self.tracks)), reverse=True)
         used_det, matched, overlapping = set(), {}, set()
         for iou, i, j in pairs:
