@@ -423,8 +423,13 @@ def conclusion(groups: dict) -> list[str]:
                 f"cost of rotation from {c0:.2f} to {c1:.2f} points"
                 + (f" ({100 * (c0 - c1) / c0:.0f} % of it removed)" if c0 > 0 else ""))
         if best_eq is not None and label not in EQUIVARIANT:
-            gap = r0 - mean_std(no_aug[best_eq]["rotated_mean"])[0]
-            if gap > 0:
+            eq_r0 = mean_std(no_aug[best_eq]["rotated_mean"])[0]
+            gap = r0 - eq_r0
+            if gap > 0 and r1 < eq_r0:
+                text += (f"; without augmentation it trails {best_eq} (no augmentation) by {gap:.2f} points on the "
+                         f"rotated angles, and augmentation more than closes that gap ({eq_r0 - r1:.2f} points ahead "
+                         f"of it)")
+            elif gap > 0:
                 text += (f"; without augmentation it trails {best_eq} (no augmentation) by {gap:.2f} points on the "
                          f"rotated angles, and augmentation closes {100 * (r0 - r1) / gap:.0f} % of that gap")
             else:

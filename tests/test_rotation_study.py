@@ -237,6 +237,10 @@ def test_augmentation_gap_closure_is_computed_from_the_numbers(tmp_path):
     assert "augmentation closes 50 % of that gap" in text
     assert "PRNet: rotation augmentation takes the rotated-angle NME from 10.90 to 8.95 %" in text
     assert "cost of rotation from 5.85 to 3.90 points (33 % of it removed)" in text
+    runs = [r for r in runs if not (r["label"] == "PRNet" and r["rotation"])]
+    runs += [_run("PRNet", True, seed, 0.0) for seed in (0, 1)]
+    text = _report(tmp_path / "more", runs)             # PRNet with augmentation now 1.95 pt below aligned without
+    assert "augmentation more than closes that gap (1.95 points ahead of it)" in text
 
 
 def test_run_files_round_trip_and_bad_ones_are_named_and_skipped(tmp_path):
