@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -441,6 +442,53 @@ def conclusion(groups: dict) -> list[str]:
     return lines
 
 
+def _loss_note(run: dict) -> str:
+    """ "; training loss A → B (mean of the last 10 steps)" from a run's facts, or "" when they are missing."""
+    first, last = run["facts"].get("first_loss"), run["facts"].get("last_loss")
+    return f"; training loss {first:.4f} → {last:.4f} (mean of the last 10 steps)" if first and last else ""
+
+
+# Printed under the conclusion: an argument from the architecture (the tables are the measurement).
+EQUIVARIANCE_NOTE = (
+    "Why an equivariant encoder need not make the output robust (reasoning about the architecture): the network's "
+    "output is a UV position map, whose pixel (u, v) is one fixed point of the face whatever the pose. For an input "
+    "rotated by θ the right answer keeps that layout and rotates the (x, y) values. The equivariant encoders "
+    "(model.encoder) end in rotation-invariant scalar fields, so a rotated input gives the same features at "
+    "rotated positions: a feature map rotated in space. The neck and the transposed-conv decoder are ordinary, "
+    "non-equivariant layers, so they receive a rotated feature map they were not trained on, as PRNet's first "
+    "layer receives a rotated image. Equivariance reaches the output only through a bottleneck that is invariant "
+    "to rotation, or a decoder whose output transforms with the input, and neither is in the published design.")
+
+
+@functools.lru_cache(maxsize=4)
+def encoder_equivariance(width_mult: float, size: int) -> dict:
+    """{encoder kind: (error at 90°, error at 180°)}: model.encoder.rot90_equivariance_error of each E2TKFace
+    encoder at `width_mult`, freshly initialised (torch seed 0), on two uniform-noise images of size² (the study's
+    network input; area downsampling from 256 commutes with quarter turns, so this is the error inside the study)."""
+    import torch
+
+    from model.e2tkface import build_encoder
+    from model.encoder import rot90_equivariance_error
+
+    width = max(width_mult, MIN_WIDTH)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, size, size)
+    result = {}
+    for label, _, base in MODELS[:3]:
+        encoder = build_encoder(base["encoder"], width_mult=width).eval()
+        result[label] = tuple(round(rot90_equivariance_error(encoder, x, k), 4) for k in (1, 2))
+    return result
+
+
+def equivariance_sentence(errors: dict, size: int) -> str:
+    """The measured encoder equivariance errors as one sentence for the report."""
+    return ("Measured encoder equivariance at the exact angles (relative error ||E(rot x) − rot E(x)|| / ||E(x)||, "
+            f"freshly initialised encoders, random {size}² input; 90° / 180°): "
+            + ", ".join(f"{k} {a:.3f} / {b:.3f}" for k, (a, b) in errors.items())
+            + ". Only an encoder with error 0 is exactly equivariant; the faithful layout's stride-2 convolutions "
+              "sample a grid that quarter turns do not map onto itself.")
+
+
 def _header(a: int) -> str:
     return f"{a}°" + ("*" if is_exact(a) and a else "")
 
@@ -491,11 +539,13 @@ def write_report(out: Path, runs: list, baseline: dict | None, meta: dict) -> tu
            + (f" ({PASS_RATIO * base[0]:.2f} %)" if 0 in base else " (no mean-face reference found: none counts)")
            + "; the tables and the conclusion use the counting runs only.",
            "", "## Conclusion (computed from the counting runs)", ""]
-    md += [f"- {line}" for line in conclusion(groups)]
+    md += [f"- {line}" for line in conclusion(groups)] + ["", EQUIVARIANCE_NOTE]
+    if meta.get("equivariance"):
+        md += ["", equivariance_sentence(meta["equivariance"], s["size"])]
     if failing:
         md += ["", "## Runs that do not count (0° NME above the limit)", ""]
         md += [f"- {r['label']}, {'rotation' if r['rotation'] else 'no rotation'}, seed {r['seed']}: "
-               f"{r['nme'][0]['mean']:.2f} % at 0°" for r in failing]
+               f"{r['nme'][0]['mean']:.2f} % at 0°" + _loss_note(r) for r in failing]
     md += ["", "## 2D NME (%) per test rotation angle", "",
            "| model | training aug | seeds | " + " | ".join(_header(a) for a in angles)
            + " | mean 15–180° | exact (90°, 180°) | interpolated | cost (− 0°) | CPU min/run |",
@@ -731,7 +781,8 @@ def report_meta(runs: list, baseline: dict | None, settings: dict, smoke: bool =
     return {"settings": settings, "smoke": smoke, "seeds": sorted({r["seed"] for r in runs}),
             "commands": sorted({r.get("command", "?") for r in records}),
             "dates": sorted({r.get("date", "?")[:10] for r in records}),
-            "machines": sorted({r.get("machine", "?") for r in records})}
+            "machines": sorted({r.get("machine", "?") for r in records}),
+            "equivariance": encoder_equivariance(settings["width_mult"], settings["size"])}
 
 
 def write_from_runs(paths, out: Path, smoke: bool = False) -> dict:

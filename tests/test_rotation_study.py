@@ -217,9 +217,11 @@ def test_failing_runs_are_flagged_and_left_out_of_the_conclusion(tmp_path):
     runs = _fake_runs(False)
     # PRNet without augmentation, seed 1: 12 % at 0 deg (> 10 %) and very robust -- it must not count
     runs = [r for r in runs if not (r["label"] == "PRNet" and not r["rotation"] and r["seed"] == 1)]
-    runs.append(_run("PRNet", False, 1, slope=0.0, base=12.0))
+    flat = _run("PRNet", False, 1, slope=0.0, base=12.0)
+    flat["facts"].update(first_loss=0.0296, last_loss=0.02834)
+    runs.append(flat)
     text = _report(tmp_path, runs)
-    assert "PRNet, no rotation, seed 1: 12.10 % at 0°" in text
+    assert "PRNet, no rotation, seed 1: 12.10 % at 0°; training loss 0.0296 → 0.0283" in text
     row = next(r for r in _tables(text)[0] if r[0] == "PRNet" and r[1] == "no rotation")
     assert row[2] == "1/2" and row[3] == "5.00 ± 0.00"              # only seed 0 counted
     assert "IS more robust" in text                                 # the failing flat run did not make PRNet robust
@@ -336,3 +338,12 @@ def test_one_seed_gives_no_verdict(tmp_path):
     runs = [r for r in _fake_runs(False) if r["seed"] == 0]
     text = _report(tmp_path, runs)
     assert "no verdict yet" in text and "IS more robust" not in text and "NOT more robust" not in text
+
+
+def test_encoder_equivariance_is_measured_not_assumed():
+    """The aligned encoder is exactly quarter-turn equivariant by construction; the faithful (stride-2 grid) and the
+    plain CNN are not: the report's sentence must show that difference."""
+    errors = rs.encoder_equivariance(rs.MIN_WIDTH, 64)
+    assert errors["E2TKFace aligned"] == (0.0, 0.0)
+    assert min(errors["E2TKFace faithful"]) > 0.01 and min(errors["E2TKFace CNN"]) > 0.01
+    assert "E2TKFace aligned 0.000 / 0.000" in rs.equivariance_sentence(errors, 64)
