@@ -256,6 +256,163 @@ def cmd_probes(args) -> None:
               f"{record['seconds']} s", flush=True)
 
 
+# ------------------------------------------------------------------------------------------------ escape probes
+# The rotation study's recipe (benchmarks.rotation_study, 2000-step cosine schedule) stopped after its first
+# ESCAPE_DEFAULTS["steps"] steps: on the full augmented training set, does the network leave the mean position map?
+ESCAPE_DEFAULTS = {"model": "e2tkface", "encoder": "aligned", "width_mult": 0.5, "topk": 1, "input_size": 128,
+                   "head": "mean-residual", "lr": 5e-4, "warmup": 100, "weight_decay": 2e-4, "schedule_steps": 2000,
+                   "steps": 300, "batch": 16, "precision": "bf16", "seed": 0}
+ESCAPE_SETS = {
+    # the rotation study's warm-up (100 steps) against a longer one (500), four seeds of the aligned encoder
+    # (the 500-step warm-up probes run past the warm-up, to 600 steps, so that the peak learning rate is tested)
+    "warmup": [dict(seed=s, warmup=w, steps=300 if w == 100 else 600) for w in (100, 500) for s in (0, 1, 2, 3)],
+    # the other networks of the study at its recipe, on seeds where the aligned encoder stays on the mean
+    "networks": [dict(encoder="faithful", seed=1), dict(encoder="faithful", seed=1, warmup=500, steps=600),
+                 dict(encoder="cnn", seed=1), dict(encoder="cnn", seed=2), dict(model="prnet", seed=1),
+                 dict(model="prnet", seed=2)],
+    # a lower peak learning rate instead of a longer warm-up; bf16 and weight decay ruled out
+    "causes": [dict(seed=1, lr=2.5e-4), dict(seed=3, lr=2.5e-4), dict(seed=1, precision="fp32"),
+               dict(seed=1, weight_decay=0.0)],
+}
+ESCAPE_ORDER = ("warmup", "networks", "causes")
+ESCAPE_EVERY = 10                     # steps between two logged points
+
+
+def escape_name(spec: dict) -> str:
+    parts = [spec["model"] if spec["model"] == "prnet" else f"e2tkface-{spec['encoder']}"]
+    parts += [f"{k}={spec[k]}" for k in sorted(spec) if k not in ("model", "encoder") and spec[k] != ESCAPE_DEFAULTS[k]]
+    return "__".join(parts)
+
+
+def effective_rank(t) -> float:
+    """Participation ratio (sum λ)² / sum λ² of the channel covariance of a (B, C, H, W) tensor: how many channels'
+    worth of independent variation it carries (C when all channels are uncorrelated with equal variance, 1 when they
+    move together)."""
+    t = t.detach().double()
+    c = t.transpose(0, 1).reshape(t.shape[1], -1)
+    c = c - c.mean(dim=1, keepdim=True)
+    lam = np.clip(np.linalg.eigvalsh((c @ c.T / c.shape[1]).numpy()), 0, None)
+    return float(lam.sum() ** 2 / max(float((lam ** 2).sum()), 1e-300))
+
+
+def mean_map_loss(train_root: Path, weight_mask, mean_posmap) -> float:
+    """The weighted loss of predicting the mean position map for every training sample (augmentation moves no
+    position map when it does not rotate, so this is the loss to beat during the probe)."""
+    import torch
+
+    from data.dataset import PosmapDataset
+    from data.index import read_index
+    from model.loss import WeightedPosmapLoss
+
+    ds = PosmapDataset(train_root, read_index(train_root), augment=False)
+    loss_fn = WeightedPosmapLoss(weight_mask)
+    mean = torch.as_tensor(mean_posmap / 280.0, dtype=torch.float32).permute(2, 0, 1)[None]
+    total = 0.0
+    for i in range(len(ds)):                      # the stored maps only: no image decoding
+        y = torch.as_tensor(np.asarray(ds.posmap_array(i), dtype=np.float32) / 280.0).permute(2, 0, 1)[None]
+        total += float(loss_fn(mean, y))
+    return total / len(ds)
+
+
+def run_escape(spec: dict, train_root: Path) -> dict:
+    """One escape probe: the study's training loop for spec["steps"] steps, logging every ESCAPE_EVERY steps the
+    mean loss, the spread of the output across the batch (px) and the encoder's gradient norm; the encoder output's
+    effective rank and the per-block image information (convergence.tensor_stats) on 16 un-augmented crops before
+    and after."""
+    import torch
+
+    from benchmarks.rotation_study import model_kwargs, train_model
+    from engine.train import seed_everything
+    from faceutil.uv import uv_layout
+    from model.registry import build_model
+
+    kwargs = ({"input_size": spec["input_size"], "head": spec["head"]} if spec["model"] == "prnet" else
+              model_kwargs("e2tkface", {"encoder": spec["encoder"]}, spec["width_mult"], spec["topk"],
+                           spec["input_size"], spec["head"]))
+    settings = {"steps": spec["schedule_steps"], "batch": spec["batch"], "lr": spec["lr"], "warmup": spec["warmup"],
+                "weight_decay": spec["weight_decay"], "precision": spec["precision"]}
+    weight_mask = uv_layout("synthetic").weight_mask
+    x, _ = memorise_batch(train_root, 16)
+    seed_everything(spec["seed"])
+    fresh = build_model(spec["model"], **kwargs).train()
+    with torch.no_grad():
+        rank_init = effective_rank(fresh.encoder(fresh.io.shrink(x)))
+    log, window, state = [], [], {}
+
+    def on_step(step, model, out, loss):
+        window.append(loss)
+        if step % ESCAPE_EVERY == 0:
+            grad = math.sqrt(sum(float(p.grad.float().square().sum()) for p in model.encoder.parameters()
+                                 if p.grad is not None))
+            spread = float(out.detach().float().std(dim=0).mean()) * 280.0
+            log.append([step, float(np.mean(window)), spread, grad])
+            window.clear()
+        state["model"] = model
+
+    start = time.perf_counter()
+    train_model(spec["model"], kwargs, train_root, False, spec["seed"], settings, "cpu", weight_mask,
+                stop_after=spec["steps"], on_step=on_step)
+    model = state["model"].train()
+    with torch.no_grad():
+        rank_end = effective_rank(model.encoder(model.io.shrink(x)))
+    groups = [g for g in layer_groups(model) if g[0] in ("encoder", "global", "decoder.0", "decoder.9", "decoder.15")]
+    return {"spec": spec, "log": log, "mean_map_loss": mean_map_loss(train_root, weight_mask, _mean_posmap(model)),
+            "encoder_rank": [rank_init, rank_end], "features": feature_stats(model, x, groups),
+            "seconds": round(time.perf_counter() - start, 1),
+            "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_line()}
+
+
+def _mean_posmap(model) -> np.ndarray:
+    """The (256, 256, 3) mean position map (pixels) a mean-residual head carries."""
+    return model.io.mean_posmap[0].permute(1, 2, 0).cpu().numpy() * 280.0
+
+
+def escape_verdict(record: dict) -> str:
+    """"leaves the mean" when the last 50 steps' loss is below 0.9 x the mean-map loss, else "stays on the mean"."""
+    tail = [row[1] for row in record["log"][-5:]]
+    return "leaves the mean" if np.mean(tail) < 0.9 * record["mean_map_loss"] else "stays on the mean"
+
+
+def escape_specs(name: str) -> list[dict]:
+    return [{**ESCAPE_DEFAULTS, **s} for s in ESCAPE_SETS[name]]
+
+
+def cmd_escape(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) / "escape"
+    out.mkdir(parents=True, exist_ok=True)
+    train_root, _ = study_data()
+    for spec in escape_specs(args.set) if args.set else [{**ESCAPE_DEFAULTS, **json.loads(args.spec)}]:
+        path = out / (escape_name(spec) + ".json")
+        if path.is_file() and not args.force:
+            print(f"done already: {path.name}", flush=True)
+            continue
+        record = run_escape(spec, train_root)
+        _write_json(path, record)
+        print(f"{path.name}: loss {record['log'][-1][1]:.4f} (mean map {record['mean_map_loss']:.4f}), "
+              f"{escape_verdict(record)}, {record['seconds']} s", flush=True)
+
+
+def escape_rows(records: list) -> list[str]:
+    """Markdown table rows of escape probes."""
+    rows = ["| probe | loss at step 50 / 100 / 200 / end (× mean map) | output spread at end (px) | encoder grad "
+            "min over steps 50–end | encoder rank init → end | image info: encoder / global / decoder.15 | verdict |",
+            "|---|---|---|---|---|---|---|"]
+    for r in records:
+        by_step = {row[0]: row for row in r["log"]}
+        m = r["mean_map_loss"]
+        losses = " / ".join(f"{by_step[s][1] / m:.2f}" if s in by_step else "-" for s in (50, 100, 200))
+        end = r["log"][-1]
+        grad = min(row[3] for row in r["log"] if row[0] >= 50)
+        info = " / ".join(f"{r['features'][g]['image_info']:.2f}" if g in r["features"] else "-"
+                          for g in ("encoder", "global", "decoder.15"))
+        rows.append(f"| {escape_name(r['spec'])} | {losses} / {end[1] / m:.2f} | {end[2]:.1f} | {grad:.1e} | "
+                    f"{r['encoder_rank'][0]:.1f} → {r['encoder_rank'][1]:.1f} | {info} | {escape_verdict(r)} |")
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ learning curves
 CURVE_DEFAULTS = {"model": "e2tkface", "encoder": "aligned", "width_mult": 0.5, "input_size": 128,
                   "head": "mean-residual", "lr": 1e-4, "warmup": 0, "schedule": "exp", "lr_decay": 0.8,
@@ -524,6 +681,32 @@ def cmd_report(args) -> None:
                    f"||w_after - w_before|| / ||w_before|| of each group's parameters for the step Adam took at step "
                    f"{step} (decoder.16 is the output layer; the mean-residual head starts it at zero).", ""]
             md += steps_rows + [""]
+    escapes = {escape_name(r["spec"]): r for r in saved.get("escape", [])}
+    for path in sorted((out / "escape").glob("*.json")):
+        r = json.loads(path.read_text())
+        escapes[escape_name(r["spec"])] = r
+    if escapes:
+        md += ["## Escape probes: leaving the mean map on the full training set", "",
+               "Command: `python -m benchmarks.convergence escape --set NAME` (NAME: " + ", ".join(ESCAPE_ORDER)
+               + "). The rotation study's recipe (augmented 800-image training set, batch 16, Adam, cosine schedule "
+               "over 2000 steps) stopped after its first steps; unless the probe's name says otherwise: "
+               + ", ".join(f"{k} {v}" for k, v in ESCAPE_DEFAULTS.items()) + ". Losses are means over 10 steps, "
+               "divided by the loss of the mean position map over the training set. 'output spread': standard "
+               "deviation of the prediction across the batch (px), about 0 for a network that predicts the same "
+               "face for every image. 'encoder rank': effective rank (participation ratio) of the encoder "
+               "output's channel covariance on 16 crops. 'image info': share of a block's output variance that "
+               "differs between images. Verdict: leaves the mean when the last 50 steps' loss is below 0.9 × the "
+               "mean-map loss.", ""]
+        done = set()
+        for name in ESCAPE_ORDER:
+            rows = [escapes[escape_name(sp)] for sp in escape_specs(name) if escape_name(sp) in escapes]
+            rows = [r for r in rows if escape_name(r["spec"]) not in done]
+            if rows:
+                md += [f"### {name}", ""] + escape_rows(rows) + [""]
+                done.update(escape_name(r["spec"]) for r in rows)
+        rest = [r for k, r in escapes.items() if k not in done]
+        if rest:
+            md += ["### other", ""] + escape_rows(rest) + [""]
     if curves:
         md += ["## Learning curves", "", "Command: `python -m benchmarks.convergence curve --spec JSON` (resumable: "
                "the same command continues a run). 68-point 2D NME (%) on the 120 synthetic AFLW2000-format test "
@@ -546,7 +729,8 @@ def cmd_report(args) -> None:
     from faceutil.sampleio import atomic_write_bytes
 
     atomic_write_bytes(RESULTS_DIR / "convergence.md", ("\n".join(md) + "\n").encode("utf-8"))
-    _write_json(RESULTS_DIR / "convergence.json", {"probes": list(records.values()), "curves": curves})
+    _write_json(RESULTS_DIR / "convergence.json", {"probes": list(records.values()), "curves": curves,
+                                                   "escape": list(escapes.values())})
     print(f"wrote {RESULTS_DIR / 'convergence.md'}", flush=True)
 
 
@@ -567,10 +751,14 @@ def parse_args(argv=None):
     cu.add_argument("--spec", default="{}", help="JSON overrides of CURVE_DEFAULTS")
     cu.add_argument("--label", default=None, help="folder name under <out>/curves (default: from the settings)")
     cu.add_argument("--resume", action="store_true", help="continue the run saved under this label")
+    es = sub.add_parser("escape", help="early-phase probes of the rotation study's recipe on the full training set")
+    es.add_argument("--set", choices=sorted(ESCAPE_SETS), help="a named list of escape probes")
+    es.add_argument("--spec", default="{}", help="one probe: JSON overrides of ESCAPE_DEFAULTS")
+    es.add_argument("--force", action="store_true", help="rerun probes that are done already")
     rp = sub.add_parser("report", help="write results/convergence.md from the finished runs")
     rp.add_argument("--findings", default=str(RESULTS_DIR / "convergence_findings.md"),
                     help="a markdown file of conclusions placed at the top of the report")
-    for s in (pr, cu, rp):
+    for s in (pr, cu, es, rp):
         s.add_argument("--out", default=str(DEFAULT_WORK))
         s.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
@@ -578,7 +766,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    {"probes": cmd_probes, "curve": cmd_curve, "report": cmd_report}[args.command](args)
+    {"probes": cmd_probes, "curve": cmd_curve, "escape": cmd_escape, "report": cmd_report}[args.command](args)
     return 0
 
 

@@ -133,11 +133,14 @@ def model_kwargs(name: str, base: dict, width_mult: float, topk: int = 4, size: 
 
 
 def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed: int, settings: dict, device,
-                weight_mask: np.ndarray, workers: int = 0):
+                weight_mask: np.ndarray, workers: int = 0, stop_after: int | None = None, on_step=None):
     """Train one network for settings["steps"] optimiser steps; BatchNorm statistics refreshed after.
 
     settings: the study's SETTING_KEYS (batch, lr, warmup, weight_decay, precision ...); the learning rate is the
     toolkit's per-step schedule (engine.optim.lr_factor: linear warm-up, then cosine to zero at the last step).
+    stop_after: end after this many steps, the schedule still spanning settings["steps"] (the convergence study's
+    early-phase probes). on_step(step, model, output, loss): called after every optimiser step, the gradients
+    still in place (probes read them).
     Returns (model in eval mode (exported when it offers export()), dict of run facts).
     """
     import functools
@@ -156,6 +159,7 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     from model.registry import build_model
 
     steps, batch, lr = settings["steps"], settings["batch"], settings["lr"]
+    last = min(steps, stop_after) if stop_after else steps
     seed_everything(seed)
     model = build_model(name, **kwargs)
     names = read_index(train_root)
@@ -171,7 +175,7 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     loss_fn = WeightedPosmapLoss(weight_mask).to(device)
     step, epoch, losses, start = 0, 0, [], time.perf_counter()
     model.train()
-    while step < steps:
+    while step < last:
         loader.sampler.set_epoch(epoch)
         for batch_data in loader:
             x = batch_data["image"].to(device, non_blocking=True)
@@ -188,10 +192,12 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
             optimizer.step()
             losses.append(float(loss.detach()))
             step += 1
+            if on_step is not None:
+                on_step(step, model, out, losses[-1])
             if step % 250 == 0:
                 print(f"  {name} {kwargs.get('encoder', '')} rotation={rotation} seed {seed}: step {step}/{steps}, "
                       f"loss {np.mean(losses[-50:]):.4f}, {time.perf_counter() - start:.0f} s", flush=True)
-            if step >= steps:
+            if step >= last:
                 break
         epoch += 1
     train_s = time.perf_counter() - start
@@ -486,7 +492,8 @@ def equivariance_sentence(errors: dict, size: int) -> str:
             f"freshly initialised encoders, random {size}² input; 90° / 180°): "
             + ", ".join(f"{k} {a:.3f} / {b:.3f}" for k, (a, b) in errors.items())
             + ". Only an encoder with error 0 is exactly equivariant; the faithful layout's stride-2 convolutions "
-              "sample a grid that quarter turns do not map onto itself.")
+              "sample a grid that quarter turns do not map onto itself (seeds, sizes and 45°: "
+              "[equivariance.md](equivariance.md)).")
 
 
 def _header(a: int) -> str:
