@@ -398,18 +398,15 @@ def cmd_escape(args) -> None:
 def escape_rows(records: list) -> list[str]:
     """Markdown table rows of escape probes."""
     rows = ["| probe | loss at step 50 / 100 / 200 / end (× mean map) | output spread at end (px) | encoder grad "
-            "min over steps 50–end | encoder rank init → end | image info: encoder / global / decoder.15 | verdict |",
-            "|---|---|---|---|---|---|---|"]
+            "norm, median over steps 50–end | encoder rank init → end | verdict |", "|---|---|---|---|---|---|"]
     for r in records:
         by_step = {row[0]: row for row in r["log"]}
         m = r["mean_map_loss"]
         losses = " / ".join(f"{by_step[s][1] / m:.2f}" if s in by_step else "-" for s in (50, 100, 200))
         end = r["log"][-1]
-        grad = min(row[3] for row in r["log"] if row[0] >= 50)
-        info = " / ".join(f"{r['features'][g]['image_info']:.2f}" if g in r["features"] else "-"
-                          for g in ("encoder", "global", "decoder.15"))
+        grad = float(np.median([row[3] for row in r["log"] if row[0] >= 50]))
         rows.append(f"| {escape_name(r['spec'])} | {losses} / {end[1] / m:.2f} | {end[2]:.1f} | {grad:.1e} | "
-                    f"{r['encoder_rank'][0]:.1f} → {r['encoder_rank'][1]:.1f} | {info} | {escape_verdict(r)} |")
+                    f"{r['encoder_rank'][0]:.1f} → {r['encoder_rank'][1]:.1f} | {escape_verdict(r)} |")
     return rows
 
 
@@ -694,8 +691,8 @@ def cmd_report(args) -> None:
                "divided by the loss of the mean position map over the training set. 'output spread': standard "
                "deviation of the prediction across the batch (px), about 0 for a network that predicts the same "
                "face for every image. 'encoder rank': effective rank (participation ratio) of the encoder "
-               "output's channel covariance on 16 crops. 'image info': share of a block's output variance that "
-               "differs between images. Verdict: leaves the mean when the last 50 steps' loss is below 0.9 × the "
+               "output's channel covariance on 16 crops (E2TKFace at width 0.5: 64 channels; PRNet: 512). "
+               "Verdict: leaves the mean when the last 50 steps' loss is below 0.9 × the "
                "mean-map loss.", ""]
         done = set()
         for name in ESCAPE_ORDER:
