@@ -493,7 +493,7 @@ def equivariance_sentence(errors: dict, size: int) -> str:
             + ", ".join(f"{k} {a:.3f} / {b:.3f}" for k, (a, b) in errors.items())
             + ". Only an encoder with error 0 is exactly equivariant; the faithful layout's stride-2 convolutions "
               "sample a grid that quarter turns do not map onto itself (seeds, sizes and 45°: "
-              "[equivariance.md](equivariance.md)).")
+              "benchmarks/results/equivariance.md).")
 
 
 def _header(a: int) -> str:
@@ -716,7 +716,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per training run (the budget)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (after the warm-up)")
-    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps; cosine to zero after them")
+    p.add_argument("--warmup", type=int, default=500,
+                   help="linear warm-up steps; cosine to zero after them (100 left the equivariant encoders on the "
+                        "mean face for 3 seeds of 4: benchmarks/results/convergence.md, escape probes)")
     p.add_argument("--weight-decay", type=float, default=2e-4)
     p.add_argument("--width-mult", type=float, default=0.5,
                    help=f"E2TKFace width for all encoders (>= {MIN_WIDTH}); PRNet has no width and runs full size")
@@ -748,6 +750,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="start no new run after this many minutes (0 = train every missing run)")
     p.add_argument("--smoke", action="store_true", help="tiniest sizes, everything once, ~1 min on 2 CPU cores")
     p.add_argument("--report-only", action="store_true", help="no training: rewrite the report from --runs")
+    p.add_argument("--note", default=None, help="a sentence added to the report's Runs line")
     p.add_argument("--merge", nargs="+", default=None, metavar="PATH",
                    help="no training: write the report into --out from run files and folders of them (e.g. made on "
                         "several machines); they must share every setting")
@@ -792,8 +795,9 @@ def report_meta(runs: list, baseline: dict | None, settings: dict, smoke: bool =
             "equivariance": encoder_equivariance(settings["width_mult"], settings["size"])}
 
 
-def write_from_runs(paths, out: Path, smoke: bool = False) -> dict:
-    """Collect run files (naming and skipping bad ones), then write the report; returns the result dict."""
+def write_from_runs(paths, out: Path, smoke: bool = False, note: str | None = None) -> dict:
+    """Collect run files (naming and skipping bad ones), then write the report (`note`: a sentence for its Runs
+    line); returns the result dict."""
     runs, baseline, problems = collect_runs(paths)
     for text in problems:
         print(f"skipped: {text}", flush=True)
@@ -803,6 +807,8 @@ def write_from_runs(paths, out: Path, smoke: bool = False) -> dict:
     if baseline is None:
         print("no mean-face reference (baseline.json) among the inputs: no run can count", flush=True)
     meta = report_meta(runs, baseline, settings, smoke)
+    if note:
+        meta["note"] = note
     md, png = write_report(out, runs, baseline, meta)
     print(f"wrote {md} and {png} from {len(runs)} runs", flush=True)
     return {"runs": runs, "baseline": baseline, "meta": meta, "markdown": md, "png": png, "problems": problems}
@@ -836,10 +842,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     if args.merge:
-        return write_from_runs(args.merge, out)
+        return write_from_runs(args.merge, out, note=args.note)
     runs_dir = Path(args.runs) if args.runs else (out / "rotation_runs" if args.smoke else RUNS_DIR)
     if args.report_only:
-        return write_from_runs([runs_dir], out, args.smoke)
+        return write_from_runs([runs_dir], out, args.smoke, args.note)
     from data.dataset import AFLWEvalSet
     from data.index import read_index
     from engine.evaluate import MeanPosmapModel
@@ -897,7 +903,7 @@ def main(argv=None) -> dict:
                       + " ".join(f"{a}°:{v['mean']:.1f}" for a, v in nme.items() if a >= 0), flush=True)
                 del model
     print(f"{trained} runs trained, {skipped} found in {runs_dir}", flush=True)
-    return write_from_runs([runs_dir], out, args.smoke)
+    return write_from_runs([runs_dir], out, args.smoke, args.note)
 
 
 if __name__ == "__main__":

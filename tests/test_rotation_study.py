@@ -347,3 +347,10 @@ def test_encoder_equivariance_is_measured_not_assumed():
     assert errors["E2TKFace aligned"] == (0.0, 0.0)
     assert min(errors["E2TKFace faithful"]) > 0.01 and min(errors["E2TKFace CNN"]) > 0.01
     assert "E2TKFace aligned 0.000 / 0.000" in rs.equivariance_sentence(errors, 64)
+
+
+def test_report_note_reaches_the_runs_line(tmp_path):
+    result = rs.write_from_runs([_write_dir(tmp_path / "runs", _fake_runs(False))], tmp_path / "out",
+                                note="SUPERSEDED: an older recipe")
+    runs_line = next(line for line in result["markdown"].read_text().splitlines() if line.startswith("- Runs:"))
+    assert runs_line.endswith("— SUPERSEDED: an older recipe")
