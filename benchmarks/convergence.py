@@ -244,16 +244,21 @@ def cmd_probes(args) -> None:
     train_root, _ = study_data()
     batch = memorise_batch(train_root, 16)
     specs = probe_specs(args.set) if args.set else [{**PROBE_DEFAULTS, **json.loads(args.spec)}]
+    _run_missing(specs, out, probe_name, lambda spec: run_probe(spec, batch), args.force,
+                 lambda r: f"loss {r['losses'][0]:.4f} -> {np.mean(r['losses'][-10:]):.4f} "
+                           f"(mean map {r['mean_map_loss']:.4f}), {r['seconds']} s")
+
+
+def _run_missing(specs, out: Path, name_fn, run_fn, force: bool, summary_fn) -> None:
+    """Run each spec whose JSON (out / name_fn(spec).json) is missing (all with force), saving it as it ends."""
     for spec in specs:
-        path = out / (probe_name(spec) + ".json")
-        if path.is_file() and not args.force:
+        path = out / (name_fn(spec) + ".json")
+        if path.is_file() and not force:
             print(f"done already: {path.name}", flush=True)
             continue
-        record = run_probe(spec, batch)
+        record = run_fn(spec)
         _write_json(path, record)
-        tail = np.mean(record["losses"][-10:])
-        print(f"{path.name}: loss {record['losses'][0]:.4f} -> {tail:.4f} (mean map {record['mean_map_loss']:.4f}), "
-              f"{record['seconds']} s", flush=True)
+        print(f"{path.name}: {summary_fn(record)}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ escape probes
@@ -384,15 +389,10 @@ def cmd_escape(args) -> None:
     out = Path(args.out) / "escape"
     out.mkdir(parents=True, exist_ok=True)
     train_root, _ = study_data()
-    for spec in escape_specs(args.set) if args.set else [{**ESCAPE_DEFAULTS, **json.loads(args.spec)}]:
-        path = out / (escape_name(spec) + ".json")
-        if path.is_file() and not args.force:
-            print(f"done already: {path.name}", flush=True)
-            continue
-        record = run_escape(spec, train_root)
-        _write_json(path, record)
-        print(f"{path.name}: loss {record['log'][-1][1]:.4f} (mean map {record['mean_map_loss']:.4f}), "
-              f"{escape_verdict(record)}, {record['seconds']} s", flush=True)
+    specs = escape_specs(args.set) if args.set else [{**ESCAPE_DEFAULTS, **json.loads(args.spec)}]
+    _run_missing(specs, out, escape_name, lambda spec: run_escape(spec, train_root), args.force,
+                 lambda r: f"loss {r['log'][-1][1]:.4f} (mean map {r['mean_map_loss']:.4f}), "
+                           f"{escape_verdict(r)}, {r['seconds']} s")
 
 
 def escape_rows(records: list) -> list[str]:
