@@ -303,32 +303,28 @@ def effective_rank(t) -> float:
 def mean_map_loss(train_root: Path, weight_mask, mean_posmap) -> float:
     """The weighted loss of predicting the mean position map for every training sample (augmentation moves no
     position map when it does not rotate, so this is the loss to beat during the probe)."""
-    import torch
-
-    from data.dataset import PosmapDataset
+    from data.dataset import PosmapDataset, posmap_tensor
     from data.index import read_index
     from model.loss import WeightedPosmapLoss
 
     ds = PosmapDataset(train_root, read_index(train_root), augment=False)
     loss_fn = WeightedPosmapLoss(weight_mask)
-    mean = torch.as_tensor(mean_posmap / 280.0, dtype=torch.float32).permute(2, 0, 1)[None]
+    mean = posmap_tensor(mean_posmap)[None]
     total = 0.0
     for i in range(len(ds)):                      # the stored maps only: no image decoding
-        y = torch.as_tensor(np.asarray(ds.posmap_array(i), dtype=np.float32) / 280.0).permute(2, 0, 1)[None]
-        total += float(loss_fn(mean, y))
+        total += float(loss_fn(mean, posmap_tensor(ds.posmap_array(i))[None]))
     return total / len(ds)
 
 
 def run_escape(spec: dict, train_root: Path) -> dict:
     """One escape probe: the study's training loop for spec["steps"] steps, logging every ESCAPE_EVERY steps the
     mean loss, the spread of the output across the batch (px) and the encoder's gradient norm; the encoder output's
-    effective rank and the per-block image information (convergence.tensor_stats) on 16 un-augmented crops before
-    and after."""
+    effective rank on 16 un-augmented crops before and after."""
     import torch
 
     from benchmarks.rotation_study import model_kwargs, train_model
     from engine.train import seed_everything
-    from faceutil.uv import uv_layout
+    from faceutil.uv import POSMAP_SCALE, uv_layout
     from model.registry import build_model
 
     kwargs = ({"input_size": spec["input_size"], "head": spec["head"]} if spec["model"] == "prnet" else
@@ -349,7 +345,7 @@ def run_escape(spec: dict, train_root: Path) -> dict:
         if step % ESCAPE_EVERY == 0:
             grad = math.sqrt(sum(float(p.grad.float().square().sum()) for p in model.encoder.parameters()
                                  if p.grad is not None))
-            spread = float(out.detach().float().std(dim=0).mean()) * 280.0
+            spread = float(out.detach().float().std(dim=0).mean()) * POSMAP_SCALE
             log.append([step, float(np.mean(window)), spread, grad])
             window.clear()
         state["model"] = model
@@ -360,21 +356,22 @@ def run_escape(spec: dict, train_root: Path) -> dict:
     model = state["model"].train()
     with torch.no_grad():
         rank_end = effective_rank(model.encoder(model.io.shrink(x)))
-    groups = [g for g in layer_groups(model) if g[0] in ("encoder", "global", "decoder.0", "decoder.9", "decoder.15")]
     return {"spec": spec, "log": log, "mean_map_loss": mean_map_loss(train_root, weight_mask, _mean_posmap(model)),
-            "encoder_rank": [rank_init, rank_end], "features": feature_stats(model, x, groups),
+            "encoder_rank": [rank_init, rank_end],
             "seconds": round(time.perf_counter() - start, 1),
             "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_line()}
 
 
 def _mean_posmap(model) -> np.ndarray:
     """The (256, 256, 3) mean position map (pixels) a mean-residual head carries."""
-    return model.io.mean_posmap[0].permute(1, 2, 0).cpu().numpy() * 280.0
+    from faceutil.uv import POSMAP_SCALE
+
+    return model.io.mean_posmap[0].permute(1, 2, 0).cpu().numpy() * POSMAP_SCALE
 
 
 def escape_verdict(record: dict) -> str:
     """"leaves the mean" when the last 50 steps' loss is below 0.9 x the mean-map loss, else "stays on the mean"."""
-    tail = [row[1] for row in record["log"][-5:]]
+    tail = [row[1] for row in record["log"][-(50 // ESCAPE_EVERY):]]
     return "leaves the mean" if np.mean(tail) < 0.9 * record["mean_map_loss"] else "stays on the mean"
 
 
