@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from faceutil.uv import POSMAP_SCALE
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_WORK = Path("savedmodel") / "convergence"
 DATA_WORK = Path("savedmodel") / "rotation_study_data"           # the rotation study's synthetic data, shared
@@ -43,7 +45,8 @@ def study_data(train_count: int = 800, test_count: int = 120, seed: int = 0) -> 
 
 
 def memorise_batch(train_root: Path, count: int):
-    """The first `count` training samples as one batch: (images (N, 3, 256, 256), posmaps / 280 (N, 3, 256, 256))."""
+    """The first `count` training samples as one batch: (images (N, 3, 256, 256), posmaps / POSMAP_SCALE
+    (N, 3, 256, 256))."""
     import torch
 
     from data.dataset import PosmapDataset
@@ -159,7 +162,7 @@ def make_optimizer(model, spec: dict):
 
 
 def run_probe(spec: dict, batch) -> dict:
-    """Memorise `batch` (images, posmaps / 280) with the probe's settings; returns the record."""
+    """Memorise `batch` (images, posmaps / POSMAP_SCALE) with the probe's settings; returns the record."""
     from engine.optim import warmup_factor
     from engine.train import seed_everything
     from faceutil.uv import uv_layout
@@ -172,7 +175,7 @@ def run_probe(spec: dict, batch) -> dict:
     seed_everything(spec["seed"])
     model = build_probe_model(spec)
     if spec["head"] == "mean-residual":
-        model.io.set_mean_posmap(y.mean(0).permute(1, 2, 0).numpy() * 280.0)
+        model.io.set_mean_posmap(y.mean(0).permute(1, 2, 0).numpy() * POSMAP_SCALE)
     loss_fn = WeightedPosmapLoss(weight_mask)
     mean_loss = float(loss_fn(y.mean(0, keepdim=True).expand_as(y), y))
     optimizer = make_optimizer(model, spec)
@@ -324,7 +327,7 @@ def run_escape(spec: dict, train_root: Path) -> dict:
 
     from benchmarks.rotation_study import model_kwargs, train_model
     from engine.train import seed_everything
-    from faceutil.uv import POSMAP_SCALE, uv_layout
+    from faceutil.uv import uv_layout
     from model.registry import build_model
 
     kwargs = ({"input_size": spec["input_size"], "head": spec["head"]} if spec["model"] == "prnet" else
@@ -364,8 +367,6 @@ def run_escape(spec: dict, train_root: Path) -> dict:
 
 def _mean_posmap(model) -> np.ndarray:
     """The (256, 256, 3) mean position map (pixels) a mean-residual head carries."""
-    from faceutil.uv import POSMAP_SCALE
-
     return model.io.mean_posmap[0].permute(1, 2, 0).cpu().numpy() * POSMAP_SCALE
 
 

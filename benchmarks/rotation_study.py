@@ -8,7 +8,7 @@ AFLW2000-format test set whose crops are rotated in-plane every 15 degrees from 
 DESIGN.md §6 protocol, per angle and per yaw bin); reports mean ± std over seeds. Run from the repository root:
 
     python -m benchmarks.rotation_study --smoke --out /tmp/rotation_smoke        # ~1 min on 2 CPU cores
-    python -m benchmarks.rotation_study --budget-minutes 80       # the CPU study: trains what is missing, resumes
+    python -m benchmarks.rotation_study --budget-minutes 120      # the CPU study: trains what is missing, resumes
     python -m benchmarks.rotation_study --report-only             # rewrite the report from the saved runs
     python -m benchmarks.rotation_study --merge DIR_OR_JSON ... --out OUT   # runs made elsewhere, same settings
 
@@ -713,7 +713,7 @@ def machine_line(device) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=1500, help="optimiser steps per training run (the budget)")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps per training run (the budget)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (after the warm-up)")
     p.add_argument("--warmup", type=int, default=500,
