@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.augment import MAX_ANGLE_DEG       # the training augmentation's rotation range (±)
+
 ANGLES = tuple(range(0, 181, 15))                   # the study's test rotations (degrees, counter-clockwise)
 NEGATIVE_ANGLES = tuple(range(-15, -180, -15))      # the clockwise side (-180 is 180), for the symmetry check
 YAW_BINS = ("|yaw|<=30", "30<|yaw|<=60", "|yaw|>60")         # faceutil.metrics.nme_by_yaw keys
@@ -338,7 +340,8 @@ def _angle_mean(nme: dict, angles) -> float:
 def summarise(runs: list, baseline: dict | None) -> dict:
     """Group runs by (model label, rotation) -> {"per_angle": {angle: [NME per passing seed]},
     "bins": {angle: {bin: [...]}}, "rotated_mean" / "exact_mean" / "interpolated_mean": [mean over the positive
-    angles > 0 / the multiples of 90 / the others, per passing seed], "gap": [rotated_mean - NME at 0 deg]
+    angles > 0 / the multiples of 90 / the others, per passing seed], "in_range_mean" / "beyond_range_mean": [the
+    same over the positive angles within / beyond the training augmentation's rotation range], "gap": [rotated_mean - NME at 0 deg]
     (the robustness figure: what rotation costs), "symmetry": [mean |NME(-a) - NME(a)|], "seeds" / "failed":
     the passing / failing seeds, "seconds": [train + evaluation seconds of every run]}."""
     groups: dict = {}
@@ -346,7 +349,8 @@ def summarise(runs: list, baseline: dict | None) -> dict:
                                          if r["label"] in [m[0] for m in MODELS] else 99)):
         g = groups.setdefault(row_key(r["label"], r["rotation"]),
                               {"label": r["label"], "rotation": r["rotation"], "per_angle": {}, "bins": {},
-                               "rotated_mean": [], "exact_mean": [], "interpolated_mean": [], "gap": [],
+                               "rotated_mean": [], "exact_mean": [], "interpolated_mean": [], "in_range_mean": [],
+                               "beyond_range_mean": [], "gap": [],
                                "symmetry": [], "seeds": [], "failed": [], "seconds": []})
         g["seconds"].append(r["facts"]["train_seconds"] + r["facts"].get("eval_seconds", 0.0))
         if not passes(r, baseline):
@@ -362,6 +366,8 @@ def summarise(runs: list, baseline: dict | None) -> dict:
         g["rotated_mean"].append(_angle_mean(nme, positive))
         g["exact_mean"].append(_angle_mean(nme, [a for a in positive if is_exact(a)]))
         g["interpolated_mean"].append(_angle_mean(nme, [a for a in positive if not is_exact(a)]))
+        g["in_range_mean"].append(_angle_mean(nme, [a for a in positive if a <= MAX_ANGLE_DEG]))
+        g["beyond_range_mean"].append(_angle_mean(nme, [a for a in positive if a > MAX_ANGLE_DEG]))
         g["gap"].append(g["rotated_mean"][-1] - nme[0]["mean"])
         pairs = [abs(nme[-a]["mean"] - nme[a]["mean"]) for a in positive if -a in nme]
         if pairs:
@@ -428,7 +434,12 @@ def conclusion(groups: dict) -> list[str]:
         c0, c1 = mean_std(no_aug[label]["gap"])[0], mean_std(with_aug[label]["gap"])[0]
         text = (f"{label}: rotation augmentation takes the rotated-angle NME from {r0:.2f} to {r1:.2f} % and the "
                 f"cost of rotation from {c0:.2f} to {c1:.2f} points"
-                + (f" ({100 * (c0 - c1) / c0:.0f} % of it removed)" if c0 > 0 else ""))
+                + (f" ({100 * (c0 - c1) / c0:.0f} % of it removed)" if c0 > 0 else "")
+                + f"; over the rotated angles within the augmentation's range (≤ {MAX_ANGLE_DEG:g}°) "
+                + " → ".join(f"{mean_std(g['in_range_mean'])[0]:.2f}" for g in (no_aug[label], with_aug[label]))
+                + f" %, beyond it (> {MAX_ANGLE_DEG:g}°) "
+                + " → ".join(f"{mean_std(g['beyond_range_mean'])[0]:.2f}" for g in (no_aug[label], with_aug[label]))
+                + " %")
         if best_eq is not None and label not in EQUIVARIANT:
             eq_r0 = mean_std(no_aug[best_eq]["rotated_mean"])[0]
             gap = r0 - eq_r0

@@ -239,6 +239,8 @@ def test_augmentation_gap_closure_is_computed_from_the_numbers(tmp_path):
     assert "augmentation closes 50 % of that gap" in text
     assert "PRNet: rotation augmentation takes the rotated-angle NME from 10.90 to 8.95 %" in text
     assert "cost of rotation from 5.85 to 3.90 points (33 % of it removed)" in text
+    # split at the augmentation's range (90 deg): mean angle 52.5 within, 142.5 beyond
+    assert "within the augmentation's range (≤ 90°) 8.20 → 7.15 %, beyond it (> 90°) 13.60 → 10.75 %" in text
     runs = [r for r in runs if not (r["label"] == "PRNet" and r["rotation"])]
     runs += [_run("PRNet", True, seed, 0.0) for seed in (0, 1)]
     text = _report(tmp_path / "more", runs)             # PRNet with augmentation now 1.95 pt below aligned without
