@@ -341,9 +341,9 @@ def summarise(runs: list, baseline: dict | None) -> dict:
     """Group runs by (model label, rotation) -> {"per_angle": {angle: [NME per passing seed]},
     "bins": {angle: {bin: [...]}}, "rotated_mean" / "exact_mean" / "interpolated_mean": [mean over the positive
     angles > 0 / the multiples of 90 / the others, per passing seed], "in_range_mean" / "beyond_range_mean": [the
-    same over the positive angles within / beyond the training augmentation's rotation range], "gap": [rotated_mean - NME at 0 deg]
-    (the robustness figure: what rotation costs), "symmetry": [mean |NME(-a) - NME(a)|], "seeds" / "failed":
-    the passing / failing seeds, "seconds": [train + evaluation seconds of every run]}."""
+    same over the positive angles within / beyond the training augmentation's rotation range], "gap":
+    [rotated_mean - NME at 0 deg] (the robustness figure: what rotation costs), "symmetry": [mean |NME(-a) -
+    NME(a)|], "seeds" / "failed": the passing / failing seeds, "seconds": [train + evaluation seconds of every run]}."""
     groups: dict = {}
     for r in sorted(runs, key=lambda r: (r["seed"], [m[0] for m in MODELS].index(r["label"])
                                          if r["label"] in [m[0] for m in MODELS] else 99)):
@@ -432,14 +432,15 @@ def conclusion(groups: dict) -> list[str]:
             continue
         r0, r1 = mean_std(no_aug[label]["rotated_mean"])[0], mean_std(with_aug[label]["rotated_mean"])[0]
         c0, c1 = mean_std(no_aug[label]["gap"])[0], mean_std(with_aug[label]["gap"])[0]
+
+        def arrow(key: str) -> str:        # "no-aug mean → aug mean" of one summary figure
+            return " → ".join(f"{mean_std(g[key])[0]:.2f}" for g in (no_aug[label], with_aug[label]))
+
         text = (f"{label}: rotation augmentation takes the rotated-angle NME from {r0:.2f} to {r1:.2f} % and the "
                 f"cost of rotation from {c0:.2f} to {c1:.2f} points"
                 + (f" ({100 * (c0 - c1) / c0:.0f} % of it removed)" if c0 > 0 else "")
                 + f"; over the rotated angles within the augmentation's range (≤ {MAX_ANGLE_DEG:g}°) "
-                + " → ".join(f"{mean_std(g['in_range_mean'])[0]:.2f}" for g in (no_aug[label], with_aug[label]))
-                + f" %, beyond it (> {MAX_ANGLE_DEG:g}°) "
-                + " → ".join(f"{mean_std(g['beyond_range_mean'])[0]:.2f}" for g in (no_aug[label], with_aug[label]))
-                + " %")
+                + f"{arrow('in_range_mean')} %, beyond it (> {MAX_ANGLE_DEG:g}°) {arrow('beyond_range_mean')} %")
         if best_eq is not None and label not in EQUIVARIANT:
             eq_r0 = mean_std(no_aug[best_eq]["rotated_mean"])[0]
             gap = r0 - eq_r0
