@@ -531,8 +531,9 @@ def write_report(out: Path, runs: list, baseline: dict | None, meta: dict) -> tu
     md += [f"- Commands: {'; '.join(f'`{c}`' for c in meta['commands'])}",
            f"- Dates: {', '.join(meta['dates'])}; machines: {'; '.join(meta['machines'])}",
            f"- Runs: {len(runs)} ({len(runs) - len(failing)} beat the mean face at 0° by ≥ {1 / PASS_RATIO:g}×); "
-           f"total CPU time {seconds / 60:.1f} min (training + evaluation of every run, and the mean-face "
-           f"reference){' — ' + meta['note'] if meta.get('note') else ''}",
+           f"total CPU time {seconds / 60:.1f} min (wall-clock time of the training + evaluation of every run, "
+           f"and the mean-face reference; a true CPU figure only when nothing else ran beside the study)"
+           f"{' — ' + meta['note'] if meta.get('note') else ''}",
            f"- Budget: {s['steps']} optimiser steps of batch {s['batch']} per run, Adam lr {s['lr']:g} with a "
            f"{s['warmup']}-step linear warm-up then cosine to zero, weight decay {s['weight_decay']:g}; BatchNorm "
            f"refreshed on ≤ 64 un-augmented training crops",
