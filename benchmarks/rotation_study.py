@@ -61,6 +61,7 @@ EQUIVARIANT = ("E2TKFace faithful", "E2TKFace aligned")
 # regular field, i.e. round(4 * width_mult) < 2 (measured 2026-11-25: widths 0.125, 0.25, 0.3 crash; 0.375, 0.5 run).
 MIN_WIDTH = 0.375
 PASS_RATIO = 0.5            # a run counts when its 0-degree NME is at most this fraction of the mean face's
+SHARED_BELOW = 0.6          # CPU busy below this: the cores were shared (measured 0.94-0.95 alone, 0.49 beside 2 loops)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RUNS_DIR = RESULTS_DIR / "rotation_runs"                         # one JSON per finished run (committed)
 DEFAULT_WORK = Path("savedmodel") / "rotation_study_data"       # synthetic data (git-ignored), reused across runs
@@ -460,6 +461,31 @@ def conclusion(groups: dict) -> list[str]:
     return lines
 
 
+def cpu_busy(run: dict) -> float | None:
+    """Process CPU time / (wall time x torch threads) of a CPU run, both over the whole run (build, training,
+    BatchNorm refresh, export, evaluation): near 1 alone on the cores, far less when another process shared them
+    (its wall time then overstates the CPU time). None for runs on another device and runs recorded before
+    cpu_seconds existed. Data-loader worker processes are not counted (workers=0 is the default)."""
+    f = run["facts"]
+    if "cpu_seconds" not in f or not str(f.get("device", "")).startswith("cpu") or f.get("run_seconds", 0) <= 0:
+        return None
+    return f["cpu_seconds"] / (f["run_seconds"] * max(1, f.get("threads", 1)))
+
+
+def contention_sentence(runs: list) -> str:
+    """One sentence for the report's Runs line: how many runs recorded their CPU time, and which of them shared
+    the cores (busy below SHARED_BELOW), so their CPU-minute figures are too high."""
+    busy = {run_filename(r["label"], r["rotation"], r["seed"]): cpu_busy(r) for r in runs}
+    known = {k: v for k, v in busy.items() if v is not None}
+    if not known:
+        return "process CPU time not recorded for these runs, so sharing of the cores is not checked"
+    shared = [f"{k} ({v:.2f})" for k, v in sorted(known.items()) if v < SHARED_BELOW]
+    return (f"CPU busy (process CPU time / wall time x threads) recorded for {len(known)} of {len(runs)} runs, "
+            f"{min(known.values()):.2f}–{max(known.values()):.2f}; "
+            + (f"below {SHARED_BELOW:g}, so the cores were shared and the time overstated: {', '.join(shared)}"
+               if shared else f"none below {SHARED_BELOW:g} (no run shared the cores)"))
+
+
 def _loss_note(run: dict) -> str:
     """ "; training loss A → B (mean of the last 10 steps)" from a run's facts, or "" when they are missing."""
     first, last = run["facts"].get("first_loss"), run["facts"].get("last_loss")
@@ -532,8 +558,8 @@ def write_report(out: Path, runs: list, baseline: dict | None, meta: dict) -> tu
            f"- Dates: {', '.join(meta['dates'])}; machines: {'; '.join(meta['machines'])}",
            f"- Runs: {len(runs)} ({len(runs) - len(failing)} beat the mean face at 0° by ≥ {1 / PASS_RATIO:g}×); "
            f"total CPU time {seconds / 60:.1f} min (wall-clock time of the training + evaluation of every run, "
-           f"and the mean-face reference; a true CPU figure only when nothing else ran beside the study)"
-           f"{' — ' + meta['note'] if meta.get('note') else ''}",
+           f"and the mean-face reference; a true CPU figure only when nothing else ran beside the study): "
+           f"{contention_sentence(runs)}{' — ' + meta['note'] if meta.get('note') else ''}",
            f"- Budget: {s['steps']} optimiser steps of batch {s['batch']} per run, Adam lr {s['lr']:g} with a "
            f"{s['warmup']}-step linear warm-up then cosine to zero, weight decay {s['weight_decay']:g}; BatchNorm "
            f"refreshed on ≤ 64 un-augmented training crops",
@@ -859,6 +885,8 @@ def main(argv=None) -> dict:
     runs_dir = Path(args.runs) if args.runs else (out / "rotation_runs" if args.smoke else RUNS_DIR)
     if args.report_only:
         return write_from_runs([runs_dir], out, args.smoke, args.note)
+    import torch
+
     from data.dataset import AFLWEvalSet
     from data.index import read_index
     from engine.evaluate import MeanPosmapModel
@@ -879,6 +907,7 @@ def main(argv=None) -> dict:
     print(f"data ready in {time.perf_counter() - start:.1f} s: {train_root} (train), {test_raw} "
           f"({len(items)} test images); device {device}", flush=True)
     all_angles = args.angles + [-a for a in args.angles if 0 < a < 180]
+    threads = torch.get_num_threads()
     baseline_path = runs_dir / BASELINE_FILE
     if _existing(baseline_path, settings) is None:
         t0 = time.perf_counter()
@@ -902,12 +931,15 @@ def main(argv=None) -> dict:
                 if deadline is not None and time.perf_counter() > deadline:
                     print(f"--budget-minutes {args.budget_minutes:g} reached: not starting {path.name}", flush=True)
                     continue
+                cpu0, wall0 = time.process_time(), time.perf_counter()
                 model, facts = train_model(name, kwargs, train_root, rotation, seed, settings, device, weight_mask,
                                            args.workers)
                 t0 = time.perf_counter()
                 angles = all_angles if label in args.negative_models else args.angles
                 nme = evaluate_angles(model, items, kpt_ind, device, args.batch, angles)
                 facts["eval_seconds"] = round(time.perf_counter() - t0, 2)
+                facts.update(cpu_seconds=round(time.process_time() - cpu0, 2), threads=threads, device=str(device),
+                             run_seconds=round(time.perf_counter() - wall0, 2))
                 write_run(path, {"label": label, "model": name, "kwargs": kwargs, "rotation": rotation, "seed": seed,
                                  "settings": settings, "facts": facts, "nme": nme, **_stamp(device, argv)})
                 trained += 1

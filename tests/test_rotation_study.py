@@ -333,6 +333,24 @@ def test_smoke_run_end_to_end(tmp_path):
     assert (tmp_path / "rotation.md").is_file() and (tmp_path / "rotation.png").is_file()
     assert all(np.isfinite(r["nme"][a]["mean"]) for r in result["runs"] for a in rs.SMOKE["angles"])
     assert "mean face (constant, reference)" in (tmp_path / "rotation.md").read_text()
+    assert all(r["facts"]["device"] == "cpu" and r["facts"]["cpu_seconds"] > 0 and r["facts"]["run_seconds"] > 0
+               and rs.cpu_busy(r) > 0 for r in result["runs"])
+
+
+def test_contention_is_read_from_process_cpu_time():
+    """CPU busy = cpu_seconds / (run_seconds x threads); a run below SHARED_BELOW is named, a CUDA run and a run
+    recorded before cpu_seconds existed are not judged (measured: 0.94-0.95 alone, 0.49 beside two busy loops)."""
+    alone, shared, cuda, old = (_run("PRNet", r, s, 0.1) for r, s in ((False, 0), (True, 0), (False, 1), (True, 1)))
+    alone["facts"].update(cpu_seconds=180.0, run_seconds=100.0, threads=2, device="cpu")       # 0.90
+    shared["facts"].update(cpu_seconds=100.0, run_seconds=125.0, threads=2, device="cpu")      # 0.40
+    cuda["facts"].update(cpu_seconds=10.0, run_seconds=100.0, threads=2, device="cuda:0")
+    assert rs.cpu_busy(alone) == pytest.approx(0.9) and rs.cpu_busy(shared) == pytest.approx(0.4)
+    assert rs.cpu_busy(cuda) is None and rs.cpu_busy(old) is None
+    text = rs.contention_sentence([alone, shared, cuda, old])
+    assert "recorded for 2 of 4 runs, 0.40–0.90" in text and "prnet_rot_seed0.json (0.40)" in text
+    assert "prnet_norot_seed0" not in text
+    assert "none below" in rs.contention_sentence([alone, cuda])
+    assert "not recorded" in rs.contention_sentence([old])
 
 
 def test_one_seed_gives_no_verdict(tmp_path):
