@@ -464,8 +464,9 @@ def conclusion(groups: dict) -> list[str]:
 def cpu_busy(run: dict) -> float | None:
     """Process CPU time / (wall time x torch threads) of a CPU run, both over the whole run (build, training,
     BatchNorm refresh, export, evaluation): near 1 alone on the cores, far less when another process shared them
-    (its wall time then overstates the CPU time). None for runs on another device and runs recorded before
-    cpu_seconds existed. Data-loader worker processes are not counted (workers=0 is the default)."""
+    (the run then takes several times longer, so its minutes overstate what it costs alone). None for runs on
+    another device and runs recorded before cpu_seconds existed. Data-loader worker processes are not counted
+    (workers=0 is the default)."""
     f = run["facts"]
     if "cpu_seconds" not in f or not str(f.get("device", "")).startswith("cpu") or f.get("run_seconds", 0) <= 0:
         return None
