@@ -476,8 +476,7 @@ def cpu_busy(run: dict) -> float | None:
 def contention_sentence(runs: list) -> str:
     """One sentence for the report's Runs line: how many runs recorded their CPU time, and which of them shared
     the cores (busy below SHARED_BELOW), so their CPU-minute figures are too high."""
-    busy = {run_filename(r["label"], r["rotation"], r["seed"]): cpu_busy(r) for r in runs}
-    known = {k: v for k, v in busy.items() if v is not None}
+    known = {run_filename(r["label"], r["rotation"], r["seed"]): b for r in runs if (b := cpu_busy(r)) is not None}
     if not known:
         return "process CPU time not recorded for these runs, so sharing of the cores is not checked"
     shared = [f"{k} ({v:.2f})" for k, v in sorted(known.items()) if v < SHARED_BELOW]
