@@ -22,6 +22,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")          # the same names as model.device.
 HEADS = ("published", "mean-residual")         # the same names as model.head.HEADS (a test checks)
 INPUT_SIZES = (64, 128, 256)                   # the same sizes as model.head.INPUT_SIZES
 LR_SCHEDULES = ("exp", "cosine")               # the same names as engine.optim.SCHEDULES
+OPTIMIZERS = ("adam", "adamw", "radam")         # the same names as engine.optim.OPTIMIZERS
 DEFAULT_BFM_DIR = "data/Out"
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -157,6 +158,7 @@ class Config:
     lr_schedule: str = "exp"
     warmup_steps: int = 500
     decay_norm_bias: bool = True
+    optimizer: str = "adam"
     seed: int = 0
     time_limit: float = 0.0
     # hardware
@@ -271,6 +273,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--warmup", "--warmup-steps"), "warmup_steps", _int, "optimiser steps of linear learning-rate warm-up"),
     (("--decay-norm-bias",), "decay_norm_bias", "bool", "apply --weight-decay to biases and norm scales/shifts too "
                                                         "(as published); False decays weights only"),
+    (("--optimizer",), "optimizer", str, "adam (weight decay added to the gradient, as published) | adamw "
+                                         "(decoupled weight decay) | radam (rectified Adam)"),
     (("--seed",), "seed", _int, "seed of every random draw (initialisation, order, augmentation)"),
     (("--time-limit",), "time_limit", _float, "stop training after this many minutes (the epoch in progress ends "
                                               "early and is saved); 0 = no limit"),
@@ -330,7 +334,7 @@ _METAVARS = {"train_dir": "DIR", "val_dir": "DIR", "predict_dir": "DIR", "bfm": 
              "load_model_path": "PATH", "resume": "PATH", "gt_file": "PATH", "model_kwargs": "JSON",
              "num_workers": "N", "gpus": "N", "epochs": "N", "batch_size": "N", "seed": "N", "demo_train_count": "N",
              "demo_test_count": "N", "val_fraction": "F", "lr": "F", "weight_decay": "F", "lr_decay": "F",
-             "head": "NAME", "input_size": "N", "lr_schedule": "NAME", "warmup_steps": "N",
+             "head": "NAME", "input_size": "N", "lr_schedule": "NAME", "optimizer": "NAME", "warmup_steps": "N",
              "time_limit": "MIN", "visible_devices": "IDS", "model": "NAME", "encoder": "NAME", "gt": "NAME",
              "device": "DEV", "predict": "PATH", "bbox": "BOXES", "export_format": "FORMAT", "smooth": "S",
              "redetect_every": "N"}
@@ -402,6 +406,8 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
     if config.redetect_every < 0:
         raise ConfigError(f"--redetect-every must be 0 (detect on every frame) or more frames, not "
                           f"{config.redetect_every}.")
+    if config.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"Unknown --optimizer={config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
     if config.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"Unknown --lr-schedule={config.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
     if config.head not in HEADS:

@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.demo:
             from engine.demo import run_demo
 
-            run_demo(config)
-            return 0
+            return 0 if run_demo(config)["learned"] else 1
         checkpoint = None
         if config.train:
             from engine.train import run_training

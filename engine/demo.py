@@ -36,6 +36,10 @@ DEMO_DEFAULTS = {
 }
 
 
+# A demo whose trained NME is above this fraction of the mean face's has not learnt: it says so and exits non-zero.
+LEARNED_BELOW = 0.8
+
+
 def demo_config(config: Config) -> Config:
     """The user's config with DEMO_DEFAULTS filled in where the flag was not given; run folder defaulted."""
     changes = {k: v for k, v in DEMO_DEFAULTS.items() if k not in config.given}
@@ -169,7 +173,9 @@ def run_demo(config: Config) -> dict:
         "tensorboard": str(run_dir / "tensorboard"), "visualisations": str(out / "vis"),
         "results_csv": str(after.csv_path), "model": name, "model_kwargs": kwargs,
         "train_images": config.demo_train_count, "test_images": config.demo_test_count,
+        "spread_ratio": result.history[-1].get("spread_ratio") if result.history else None,
     }
+    summary["learned"] = summary["after_over_mean_face"] <= LEARNED_BELOW
     atomic_write_bytes(out / "demo_summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     print("\n".join([
         "",
@@ -186,4 +192,8 @@ def run_demo(config: Config) -> dict:
         f"per-image CSV:   {after.csv_path}",
         f"demo finished in {summary['total_seconds'] / 60:.1f} min",
     ]), flush=True)
+    if not summary["learned"]:
+        print(f"did not learn: the trained network is at {summary['after_over_mean_face']:.2f} x the mean face's NME "
+              f"(a network that learnt is below {LEARNED_BELOW}); it predicts close to the mean face for every image. "
+              f"Rerun with another --seed or a longer --warmup (benchmarks/results/convergence.md).", flush=True)
     return summary

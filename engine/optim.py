@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 SCHEDULES = ("exp", "cosine")
@@ -40,3 +41,16 @@ def lr_factor(step: int, *, warmup_steps: int, steps_per_epoch: int, total_steps
         t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         after = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, t))))
     return warmup_factor(step, warmup_steps) * after
+
+
+OPTIMIZERS = ("adam", "adamw", "radam")
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """The optimiser named by --optimizer over parameter_groups(...): "adam" (weight decay added to the gradient,
+    as published), "adamw" (decoupled weight decay) or "radam" (Adam with the variance of its adaptive step
+    rectified in the first steps, Liu et al. 2020; weight decay added to the gradient, as "adam")."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[name]
+    return cls(groups, lr=lr)

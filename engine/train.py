@@ -25,19 +25,22 @@ from torch import nn
 from config import Config, ConfigError
 from data.dataset import MEAN_POSMAP_LIMIT
 from engine import distributed as D
+from engine.collapse import CollapseWatch
 from engine.checkpoint import (capture_rng_state, load_checkpoint, make_checkpoint, restore_rng_state,
                                save_checkpoint, unwrap)
 from engine.errors import RunError
 from engine.loading import (default_factory, face_model_for, load_network, model_spec, needs_mean_posmap,
                             recorded_bfm)
 from engine.monitor import Monitor, landmark_panel, posmap_panel
-from engine.optim import lr_factor, parameter_groups
+from engine.optim import lr_factor, make_optimizer, parameter_groups
 from faceutil.errors import FaceUtilError
 from faceutil.uv import UVLayout, check_face_model, uv_layout
 from model.device import autocast_context, grad_scaler, to_channels_last
 from model.head import to_posmaps
 
 ModelFactory = Callable[..., nn.Module]
+# The collapse watch (engine.collapse) gives its verdict this many steps after the warm-up has ended.
+COLLAPSE_CHECK_AFTER_WARMUP = 300
 
 
 @dataclass
@@ -258,6 +261,7 @@ class _TrainState:
     best_loss: float = math.inf
     history: list = field(default_factory=list)
     deadline: float | None = None
+    watch: CollapseWatch | None = None     # is the network still predicting one face for every image?
 
     @property
     def out(self) -> Path:
@@ -338,8 +342,13 @@ def _setup(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
     net = model
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(parameter_groups(model, config.weight_decay, config.decay_norm_bias), lr=config.lr)
+    optimizer = make_optimizer(config.optimizer, parameter_groups(model, config.weight_decay, config.decay_norm_bias),
+                               config.lr)
     steps_per_epoch = len(loader)
+    if config.warmup_steps >= config.epochs * steps_per_epoch > 0:
+        raise RunError(f"--warmup={config.warmup_steps} steps is as long as the whole run or longer "
+                       f"({config.epochs} epochs of {steps_per_epoch} batches = {config.epochs * steps_per_epoch} "
+                       f"steps): the learning rate would never reach --lr; use a shorter --warmup or more --epochs.")
     schedule = functools.partial(lr_factor, warmup_steps=config.warmup_steps, steps_per_epoch=steps_per_epoch,
                                  total_steps=config.epochs * steps_per_epoch, schedule=config.lr_schedule,
                                  decay=config.lr_decay)
@@ -348,7 +357,9 @@ def _setup(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
                         loss_fn=WeightedPosmapLoss(layout.weight_mask).to(device), kpt_ind=layout.kpt_ind,
                         train_set=train_set, val_set=val_set, loader=loader, schedule=schedule,
                         monitor=Monitor(out / "tensorboard", enabled=info.is_main),
-                        deadline=time.monotonic() + 60.0 * config.time_limit if config.time_limit > 0 else None)
+                        deadline=time.monotonic() + 60.0 * config.time_limit if config.time_limit > 0 else None,
+                        watch=CollapseWatch(torch.as_tensor(layout.weight_mask) > 0,
+                                            config.warmup_steps + COLLAPSE_CHECK_AFTER_WARMUP))
     if ckpt_resume is not None:
         _resume(state, source_ckpt, ckpt_resume)
     return state
@@ -409,12 +420,21 @@ def _train_epoch(state: _TrainState, epoch: int) -> tuple[dict, bool]:
         epoch_count += int(stats[1])
         batch_loss = float(stats[0] / stats[1])
         state.monitor.scalar("train/loss", batch_loss, state.step)
+        if info.is_main:
+            spread = state.watch.update(pred, y)
+            if spread is not None:
+                state.monitor.scalar("train/spread_ratio", spread, state.step)
+            warning = state.watch.verdict(state.step)
+            if warning:
+                _say(info, warning)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{batch_loss:.5f}", refresh=False)
         if stop_early:
             break
     record = {"epoch": epoch + 1, "train_loss": epoch_sum / max(epoch_count, 1), "lr": lr, "step": state.step,
               "train_seconds": round(time.perf_counter() - epoch_start, 2)}
+    if info.is_main and state.watch.value is not None:
+        record["spread_ratio"] = round(state.watch.value, 4)
     if stop_early:
         record["stopped_early"] = True
     return record, stop_early

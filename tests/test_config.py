@@ -70,6 +70,8 @@ def test_defaults_follow_the_paper():
     (["--demo", "--gt=new"], "Unknown --gt='new'"),
     (["--demo", "--device=tpu"], "Unknown --device='tpu'"),
     (["--demo", "--precision=int8"], "Unknown --precision='int8'"),
+    (["--demo", "--optimizer=sgd"], "Unknown --optimizer='sgd'"),
+    (["--demo", "--warmup=-1"], "--warmup must be 0 or more"),
     (["--demo", "--visibleDevice=a,b"], "not a comma-separated list"),
     (["-train=False"], "Nothing to do"),
     (["-td=/nonexistent/folder"], "-td/--train-dir does not exist"),
@@ -168,8 +170,8 @@ def test_head_size_and_schedule_flags():
     import engine.optim
     import model.head
 
-    assert (C.HEADS, C.INPUT_SIZES, C.LR_SCHEDULES) == (model.head.HEADS, model.head.INPUT_SIZES,
-                                                        engine.optim.SCHEDULES)
+    assert (C.HEADS, C.INPUT_SIZES, C.LR_SCHEDULES, C.OPTIMIZERS) == (
+        model.head.HEADS, model.head.INPUT_SIZES, engine.optim.SCHEDULES, engine.optim.OPTIMIZERS)
     c = _parse("-td=x", "--head=published", "--input-size=128", "--warmup=20", "--lr-schedule=cosine",
                "--augment-rotation=False", "--decay-norm-bias=False")
     assert (c.head, c.input_size, c.warmup_steps, c.lr_schedule, c.augment_rotation, c.decay_norm_bias) == \
