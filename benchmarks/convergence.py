@@ -702,6 +702,7 @@ def cmd_report(args) -> None:
         rest = [r for k, r in escapes.items() if k not in done]
         if rest:
             md += ["### other", ""] + escape_rows(rest) + [""]
+    md += escape_section()
     if curves:
         md += ["## Learning curves", "", "Command: `python -m benchmarks.convergence curve --spec JSON` (resumable: "
                "the same command continues a run). 68-point 2D NME (%) on the 120 synthetic AFLW2000-format test "
@@ -727,6 +728,34 @@ def cmd_report(args) -> None:
     _write_json(RESULTS_DIR / "convergence.json", {"probes": list(records.values()), "curves": curves,
                                                    "escape": list(escapes.values())})
     print(f"wrote {RESULTS_DIR / 'convergence.md'}", flush=True)
+
+
+def escape_section() -> list[str]:
+    """The intervention table and the mechanism table of benchmarks.escape (from results/escape.json)."""
+    from benchmarks import escape
+
+    results = escape.load_results()
+    if not results["runs"]:
+        return []
+    d = escape.DEFAULTS
+    return ["## Leaving the mean face: one change at a time, 8 seeds each", "",
+            "Command: `python -m benchmarks.escape run --set NAME` then `python -m benchmarks.escape report` "
+            f"(NAME: {', '.join(escape.CHANGES)}). The demo's recipe as it was before issue 22 ({d['model']} "
+            f"{d['encoder']}, width {d['width_mult']}, {d['input_size']} px, {d['head']} head, {d['optimizer']} lr "
+            f"{d['lr']} with weight decay {d['weight_decay']} added to the gradient, {d['warmup']}-step warm-up then "
+            f"cosine over {d['schedule_steps']} steps, batch {d['batch']}, {d['precision']}) on the augmented "
+            f"800-image training set, stopped after {d['steps']} steps (700 for the 500-step warm-up), torch "
+            f"threads {d['threads']} unless the row says otherwise; seeds 0–7. A run has left the mean face when its "
+            f"last 50 steps' loss is below {escape.LEFT_BELOW} × the loss of the mean position map on the same "
+            "batches; 'step left': from which logged step on the collapse watch's spread ratio stayed ≥ 0.25. "
+            "NME: 2D NME on the 120 test images after the run (BatchNorm statistics refreshed), as far as it got.", ""]\
+        + escape.table(results["runs"], results["mean_face_nme2d"]) + \
+        ["", "### Per block, runs that left against runs that stayed (demo recipe, threads 1 and 2)", "",
+         "Median over runs of: the between-image share of the block's output variance on 16 fixed crops / the "
+         "gradient norm reaching its parameters / Adam's step relative to its weights / its weight norm relative to "
+         "initialisation ('nan' for runs logged before the norm was).", ""] + \
+        escape.mechanism([r for r in results["runs"] if escape.change_of(r["spec"]) in ("baseline", "threads2")]) \
+        + [""]
 
 
 def _write_json(path: Path, data) -> None:

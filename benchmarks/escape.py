@@ -5,7 +5,8 @@ One run = the training recipe on the synthetic study data (800 training crops, a
 ``steps`` steps in; logged every LOG_EVERY steps: the loss against the mean-map loss of the same batch, the
 collapse watch's spread ratio (engine.collapse), and every BLOCK_EVERY steps per block (encoder, neck stages,
 global layer, each decoder layer): the between-image share of its output's variance on a fixed batch of 16 crops,
-the gradient norm reaching its parameters and Adam's update relative to its weights. At the end, 2D NME on the 120
+the gradient norm reaching its parameters, Adam's update relative to its weights and its weight norm relative to
+initialisation. At the end, 2D NME on the 120
 synthetic AFLW2000-format test images (BatchNorm statistics refreshed). One JSON per run; a rerun skips what is
 done, so sets can be spread over sessions and shards (--shard i/n) run side by side.
 
@@ -20,6 +21,7 @@ import functools
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +40,9 @@ DEFAULTS = {"model": "e2tkface", "encoder": "aligned", "width_mult": 0.5, "input
 
 SEEDS = tuple(range(8))
 CHANGES = {                   # one change to the recipe per set, each run on 8 seeds with 1 torch thread
-    "baseline": {}, "threads2": dict(threads=2), "radam": dict(optimizer="radam"), "warmup500": dict(warmup=500,
-    steps=700), "lr2.5e-4": dict(lr=2.5e-4), "clip1": dict(clip=1.0), "adamw": dict(optimizer="adamw"),
-    "batch32": dict(batch=32),
+    "baseline": {}, "threads2": dict(threads=2), "adamw": dict(optimizer="adamw"), "wd0": dict(weight_decay=0.0),
+    "radam": dict(optimizer="radam"), "warmup500": dict(warmup=500, steps=700), "lr2.5e-4": dict(lr=2.5e-4),
+    "clip1": dict(clip=1.0), "batch32": dict(batch=32),
 }
 SETS = {name: [dict(seed=s, **change) for s in SEEDS] for name, change in CHANGES.items()}
 
@@ -101,8 +103,9 @@ def build(spec: dict):
     return build_model(spec["model"], **kwargs), kwargs
 
 
-def run(spec: dict, train_root: Path, test_items: list) -> dict:
-    """One run of the recipe for spec["steps"] steps (schedule over spec["schedule_steps"]); see the module doc."""
+def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None) -> dict:
+    """One run of the recipe for spec["steps"] steps (schedule over spec["schedule_steps"]); see the module doc.
+    save: where to write the network's state dict as training left it (for later analysis)."""
     import torch
     from torch.optim.swa_utils import update_bn
 
@@ -134,6 +137,8 @@ def run(spec: dict, train_root: Path, test_items: list) -> dict:
     factor = functools.partial(lr_factor, warmup_steps=spec["warmup"], steps_per_epoch=len(loader),
                                total_steps=spec["schedule_steps"], schedule="cosine")
     named = blocks(model)
+    initial_norms = {name: float(torch.cat([p.detach().flatten() for p in m.parameters()]).norm().clamp_min(1e-12))
+                     for name, m in named}
     log, block_log, window = [], [], []
     step, epoch, start = 0, 0, time.perf_counter()
     model.train()
@@ -170,12 +175,16 @@ def run(spec: dict, train_root: Path, test_items: list) -> dict:
                     w1 = torch.cat([p.detach().flatten() for p in module.parameters()])
                     row[name] = [shares.get(name, float("nan")),
                                  float(torch.cat(grads).norm()) if grads else 0.0,
-                                 float((w1 - w0).norm() / w0.norm().clamp_min(1e-12))]
+                                 float((w1 - w0).norm() / w0.norm().clamp_min(1e-12)),
+                                 float(w1.norm() / initial_norms[name])]
                 block_log.append(row)
             if step >= spec["steps"]:
                 break
         epoch += 1
     train_s = time.perf_counter() - start
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), save)
     refresh = PosmapDataset(train_root, names[:64], augment=False)
     with torch.no_grad():
         update_bn((b["image"] for b in torch.utils.data.DataLoader(refresh, batch_size=16)), model)
@@ -229,7 +238,7 @@ def cmd_run(args) -> None:
         path = out / (run_name(spec) + ".json")
         if path.is_file():
             continue
-        record = run(spec, train_root, items)
+        record = run(spec, train_root, items, out / "weights" / (run_name(spec) + ".pt"))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record) + "\n")
         tmp.replace(path)
@@ -237,6 +246,122 @@ def cmd_run(args) -> None:
         print(f"{path.stem}: loss {last[1]:.2f} x mean map, spread ratio {last[2]:.2f}, "
               f"{'left' if left_mean(record) else 'STAYED ON'} the mean face, NME {record['nme2d']:.2f} %, "
               f"{record['train_seconds']:.0f} s", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ report
+RESULTS = Path(__file__).resolve().parent / "results" / "escape.json"
+GROUPS = (("encoder, neck, global", lambda n: not n.startswith("decoder.")),
+          ("decoder 0-6 (to 32 px)", lambda n: n.startswith("decoder.") and int(n.split(".")[1]) <= 6),
+          ("decoder 7-15 (64-128 px)", lambda n: n.startswith("decoder.") and 7 <= int(n.split(".")[1]) <= 15))
+
+
+def summarise(record: dict) -> dict:
+    """The compact form of a run kept in results/escape.json: verdict, step left, NME, and per block group the
+    median between-image share, gradient norm and relative Adam step at every BLOCK_EVERY steps."""
+    groups = {}
+    for label, member in GROUPS:
+        rows = []
+        for row in record["blocks"]:
+            values = np.array([(v + [float("nan")] * 4)[:4] for k, v in row.items() if k != "step" and member(k)],
+                              dtype=np.float64)
+            with warnings.catch_warnings():                 # runs logged before the weight norm was: nan
+                warnings.simplefilter("ignore", RuntimeWarning)
+                rows.append([row["step"], *np.nanmedian(values, axis=0).round(6).tolist()])
+        groups[label] = rows
+    return {"name": run_name(record["spec"]), "spec": record["spec"], "left": left_mean(record),
+            "step_left": step_left(record), "nme2d": record["nme2d"], "loss_end": record["log"][-1][1],
+            "spread_end": record["log"][-1][2], "groups": groups, "train_seconds": record["train_seconds"],
+            "date": record["date"], "machine": record["machine"]}
+
+
+def change_of(spec: dict) -> str:
+    """The CHANGES name a run's spec belongs to (ignoring the seed), or its own difference from DEFAULTS."""
+    for name, change in CHANGES.items():
+        if {**DEFAULTS, **change, "seed": spec["seed"]} == spec:
+            return name
+    return run_name({**spec, "seed": DEFAULTS["seed"]})
+
+
+def _range(values, fmt="{:.2f}") -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}–{fmt.format(hi)}"
+
+
+def table(runs: list[dict], mean_face: float | None) -> list[str]:
+    """Markdown: one row per change x network: seeds that left the mean face, the step they left it, NME."""
+    rows = ["| change to the demo recipe | network | left the mean face / seeds | step left (median, range) | "
+            "2D NME at the end, runs that left | runs that stayed |", "|---|---|---|---|---|---|"]
+    keyed: dict[tuple, list] = {}
+    for r in runs:
+        net = r["spec"]["model"] if r["spec"]["model"] == "prnet" else f"E2TKFace {r['spec']['encoder']}"
+        keyed.setdefault((change_of(r["spec"]), net), []).append(r)
+    order = list(CHANGES)
+    for (change, net), group in sorted(keyed.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order
+                                                                        else len(order), kv[0])):
+        left = [r for r in group if r["left"]]
+        steps = [r["step_left"] for r in left if r["step_left"] is not None]
+        stayed = [r for r in group if not r["left"]]
+        rows.append(f"| {change} | {net} | {len(left)} / {len(group)} | "
+                    f"{int(np.median(steps)) if steps else '–'} ({_range(steps, '{:d}')}) | "
+                    f"{_range([r['nme2d'] for r in left])} % | "
+                    + (f"{_range([r['nme2d'] for r in stayed])} %" if stayed else "–") + " |")
+    if mean_face is not None:
+        rows += ["", f"The mean face scores {mean_face:.2f} % on the same test images."]
+    return rows
+
+
+def mechanism(runs: list[dict], steps=(50, 100, 150, 200, 300)) -> list[str]:
+    """Markdown: per block group, the median over runs that left / stayed of the between-image share / the gradient
+    norm / Adam's relative step / the weight norm relative to initialisation, at the given steps."""
+    rows = ["| block group | runs | " + " | ".join(f"step {s}" for s in steps) + " |",
+            "|---|---|" + "---|" * len(steps)]
+    for label, _ in GROUPS:
+        for verdict, members in (("left", [r for r in runs if r["left"]]),
+                                 ("stayed", [r for r in runs if not r["left"]])):
+            if not members:
+                continue
+            cells = []
+            for s in steps:
+                values = [row[1:] for r in members for row in r["groups"][label] if row[0] == s]
+                if not values:
+                    cells.append("–")
+                    continue
+                share, grad, rel, norm = np.median(np.array(values), axis=0)
+                cells.append(f"{share:.2f} / {grad:.0e} / {rel:.0e} / {norm:.2f}")
+            rows.append(f"| {label} | {verdict} ({len(members)}) | " + " | ".join(cells) + " |")
+    return rows
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": [], "mean_face_nme2d": None}
+
+
+def cmd_report(args) -> None:
+    """Fold every finished run under --work into results/escape.json (a run there of the same name is replaced)."""
+    from benchmarks.convergence import evaluate_nme, study_data
+    from data.dataset import AFLWEvalSet
+    from engine.evaluate import MeanPosmapModel
+    from faceutil.sampleio import atomic_write_bytes
+    from faceutil.uv import uv_layout
+
+    results = load_results()
+    runs = {r["name"]: r for r in results["runs"]}
+    for path in sorted(Path(args.work).glob("*.json")):
+        record = summarise(json.loads(path.read_text()))
+        runs[record["name"]] = record
+    if results["mean_face_nme2d"] is None:
+        train_root, test_raw = study_data()
+        test = AFLWEvalSet(test_raw)
+        results["mean_face_nme2d"] = evaluate_nme(MeanPosmapModel(train_root), [test[i] for i in range(len(test))],
+                                                  uv_layout("synthetic").kpt_ind)
+    results["runs"] = [runs[k] for k in sorted(runs)]
+    atomic_write_bytes(RESULTS, (json.dumps(results, indent=1) + "\n").encode("utf-8"))
+    print("\n".join(table(results["runs"], results["mean_face_nme2d"])))
+    print()
+    print("\n".join(mechanism([r for r in results["runs"] if change_of(r["spec"]) in ("baseline", "threads2")])))
 
 
 def parse_args(argv=None):
@@ -248,6 +373,8 @@ def parse_args(argv=None):
     group.add_argument("--spec", help="JSON changes to the defaults, e.g. '{\"seed\": 3}'")
     r.add_argument("--shard", default="0/1", help="i/n: run every n-th spec starting at i (parallel shards)")
     r.add_argument("--work", default=str(WORK))
+    rep = sub.add_parser("report", help="fold the finished runs into results/escape.json and print the tables")
+    rep.add_argument("--work", default=str(WORK))
     return parser.parse_args(argv)
 
 
@@ -255,6 +382,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.command == "run":
         cmd_run(args)
+    else:
+        cmd_report(args)
     return 0
 
 
