@@ -158,7 +158,7 @@ class Config:
     lr_schedule: str = "exp"
     warmup_steps: int = 500
     decay_norm_bias: bool = True
-    optimizer: str = "adam"
+    optimizer: str = "adamw"
     seed: int = 0
     time_limit: float = 0.0
     # hardware
@@ -265,16 +265,16 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--epoch", "--epochs"), "epochs", _int, "number of training epochs"),
     (("--batchSize", "--batch-size"), "batch_size", _int,
      "images per batch per process (global batch = this x processes)"),
-    (("--learningRate", "--lr"), "lr", _float, "Adam learning rate"),
-    (("--weight-decay",), "weight_decay", _float, "Adam weight decay"),
+    (("--learningRate", "--lr"), "lr", _float, "peak learning rate"),
+    (("--weight-decay",), "weight_decay", _float, "weight decay (see --optimizer)"),
     (("--lr-decay",), "lr_decay", _float, "learning-rate factor per epoch for --lr-schedule=exp"),
     (("--lr-schedule",), "lr_schedule", str, "per-step learning rate after the warm-up: exp (x --lr-decay per epoch, "
                                              "as published) | cosine (to zero at the last epoch)"),
     (("--warmup", "--warmup-steps"), "warmup_steps", _int, "optimiser steps of linear learning-rate warm-up"),
     (("--decay-norm-bias",), "decay_norm_bias", "bool", "apply --weight-decay to biases and norm scales/shifts too "
                                                         "(as published); False decays weights only"),
-    (("--optimizer",), "optimizer", str, "adam (weight decay added to the gradient, as published) | adamw "
-                                         "(decoupled weight decay) | radam (rectified Adam)"),
+    (("--optimizer",), "optimizer", str, "adamw (decoupled weight decay, default) | adam (weight decay added to "
+                                         "the gradient, as published) | radam (rectified Adam, decay as adam)"),
     (("--seed",), "seed", _int, "seed of every random draw (initialisation, order, augmentation)"),
     (("--time-limit",), "time_limit", _float, "stop training after this many minutes (the epoch in progress ends "
                                               "early and is saved); 0 = no limit"),

@@ -750,12 +750,15 @@ def escape_section() -> list[str]:
             "batches; 'step left': from which logged step on the collapse watch's spread ratio stayed ≥ 0.25. "
             "NME: 2D NME on the 120 test images after the run (BatchNorm statistics refreshed), as far as it got.", ""]\
         + escape.table(results["runs"], results["mean_face_nme2d"]) + \
-        ["", "### Per block, runs that left against runs that stayed (demo recipe, threads 1 and 2)", "",
+        ["", "### Per block: runs that left against runs that stayed", "",
          "Median over runs of: the between-image share of the block's output variance on 16 fixed crops / the "
-         "gradient norm reaching its parameters / Adam's step relative to its weights / its weight norm relative to "
-         "initialisation ('nan' for runs logged before the norm was).", ""] + \
-        escape.mechanism([r for r in results["runs"] if escape.change_of(r["spec"]) in ("baseline", "threads2")]) \
-        + [""]
+         "gradient norm reaching its parameters / Adam's step relative to its weights [/ its weight norm relative to "
+         "initialisation, in runs that log it]; last column: the weights' norm at the "
+         "end over the start, from the saved state (runs that saved it).", ""] + \
+        [line for change in ("baseline", "adamw") if any(escape.change_of(r["spec"]) == change
+                                                          for r in results["runs"])
+         for line in [f"**{change}**", ""] + escape.mechanism([r for r in results["runs"]
+                                                               if escape.change_of(r["spec"]) == change]) + [""]]
 
 
 def _write_json(path: Path, data) -> None:

@@ -45,6 +45,15 @@ CHANGES = {                   # one change to the recipe per set, each run on 8 
     "clip1": dict(clip=1.0), "batch32": dict(batch=32),
 }
 SETS = {name: [dict(seed=s, **change) for s in SEEDS] for name, change in CHANGES.items()}
+# the reliability benchmark of the new default (AdamW): the demo recipe at 2 torch threads and at the other input
+# sizes, and the rotation study's recipe (500-step warm-up, cosine over 2000 steps) for its four networks
+NETWORKS = (dict(model="prnet"), dict(encoder="cnn"), dict(encoder="aligned"), dict(encoder="faithful"))
+CHANGES.update({"adamw-threads2": dict(optimizer="adamw", threads=2), "adamw-64px": dict(optimizer="adamw",
+                input_size=64), "adamw-256px": dict(optimizer="adamw", input_size=256),
+                "adamw-study": dict(optimizer="adamw", warmup=500, schedule_steps=2000, steps=700)})
+SETS.update({"adamw-threads2": [dict(seed=s, **CHANGES["adamw-threads2"]) for s in SEEDS],
+             "adamw-sizes": [dict(seed=s, **CHANGES[f"adamw-{px}px"]) for px in (64, 256) for s in SEEDS[:4]],
+             "adamw-networks": [dict(seed=s, **net, **CHANGES["adamw-study"]) for net in NETWORKS for s in SEEDS[:4]]})
 
 
 def run_name(spec: dict) -> str:
@@ -63,6 +72,12 @@ def blocks(model) -> list[tuple[str, object]]:
     if hasattr(model, "neck"):
         out += [(f"neck.{i}", s) for i, s in enumerate(model.neck.stages)] + [("global", model.global_layer)]
     return out + [(f"decoder.{i}", layer) for i, layer in enumerate(model.decoder.layers)]
+
+
+def weight_norm(module) -> float:
+    """Norm of a block's weights (its parameters of 2 or more dimensions: convolution and linear weights, not the
+    BatchNorm scales and shifts or biases)."""
+    return float(sum(float(p.detach().float().square().sum()) for p in module.parameters() if p.dim() > 1)) ** 0.5
 
 
 def between_image_share(t) -> float:
@@ -137,8 +152,7 @@ def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None
     factor = functools.partial(lr_factor, warmup_steps=spec["warmup"], steps_per_epoch=len(loader),
                                total_steps=spec["schedule_steps"], schedule="cosine")
     named = blocks(model)
-    initial_norms = {name: float(torch.cat([p.detach().flatten() for p in m.parameters()]).norm().clamp_min(1e-12))
-                     for name, m in named}
+    initial_norms = {name: weight_norm(m) for name, m in named}
     log, block_log, window = [], [], []
     step, epoch, start = 0, 0, time.perf_counter()
     model.train()
@@ -176,7 +190,7 @@ def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None
                     row[name] = [shares.get(name, float("nan")),
                                  float(torch.cat(grads).norm()) if grads else 0.0,
                                  float((w1 - w0).norm() / w0.norm().clamp_min(1e-12)),
-                                 float(w1.norm() / initial_norms[name])]
+                                 weight_norm(module) / initial_norms[name]]
                 block_log.append(row)
             if step >= spec["steps"]:
                 break
@@ -190,7 +204,7 @@ def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None
         update_bn((b["image"] for b in torch.utils.data.DataLoader(refresh, batch_size=16)), model)
     model.eval()
     nme = evaluate_nme(model.export() if hasattr(model, "export") else model, test_items, layout.kpt_ind)
-    return {"spec": spec, "log": log, "blocks": block_log, "nme2d": nme, "train_seconds": round(train_s, 1),
+    return {"spec": spec, "log": log, "blocks": block_log, "norm": "weights", "nme2d": nme, "train_seconds": round(train_s, 1),
             "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine()}
 
 
@@ -262,22 +276,23 @@ def summarise(record: dict) -> dict:
     for label, member in GROUPS:
         rows = []
         for row in record["blocks"]:
-            values = np.array([(v + [float("nan")] * 4)[:4] for k, v in row.items() if k != "step" and member(k)],
-                              dtype=np.float64)
+            values = np.array([v[:3] + [v[3] if record.get("norm") == "weights" else float("nan")]
+                               for k, v in row.items() if k != "step" and member(k)], dtype=np.float64)
             with warnings.catch_warnings():                 # runs logged before the weight norm was: nan
                 warnings.simplefilter("ignore", RuntimeWarning)
                 rows.append([row["step"], *np.nanmedian(values, axis=0).round(6).tolist()])
         groups[label] = rows
     return {"name": run_name(record["spec"]), "spec": record["spec"], "left": left_mean(record),
             "step_left": step_left(record), "nme2d": record["nme2d"], "loss_end": record["log"][-1][1],
-            "spread_end": record["log"][-1][2], "groups": groups, "train_seconds": record["train_seconds"],
+            "spread_end": record["log"][-1][2], "groups": groups, "weights_end": record.get("weights_end"), "train_seconds": record["train_seconds"],
             "date": record["date"], "machine": record["machine"]}
 
 
 def change_of(spec: dict) -> str:
-    """The CHANGES name a run's spec belongs to (ignoring the seed), or its own difference from DEFAULTS."""
+    """The CHANGES name a run's spec belongs to (ignoring the seed and the network), or its own difference from
+    DEFAULTS."""
     for name, change in CHANGES.items():
-        if {**DEFAULTS, **change, "seed": spec["seed"]} == spec:
+        if {**DEFAULTS, **change, "seed": spec["seed"], "model": spec["model"], "encoder": spec["encoder"]} == spec:
             return name
     return run_name({**spec, "seed": DEFAULTS["seed"]})
 
@@ -296,7 +311,8 @@ def table(runs: list[dict], mean_face: float | None) -> list[str]:
             "2D NME at the end, runs that left | runs that stayed |", "|---|---|---|---|---|---|"]
     keyed: dict[tuple, list] = {}
     for r in runs:
-        net = r["spec"]["model"] if r["spec"]["model"] == "prnet" else f"E2TKFace {r['spec']['encoder']}"
+        net = ("PRNet" if r["spec"]["model"] == "prnet" else f"E2TKFace {r['spec']['encoder']}") + \
+            f", {r['spec']['input_size']} px"
         keyed.setdefault((change_of(r["spec"]), net), []).append(r)
     order = list(CHANGES)
     for (change, net), group in sorted(keyed.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order
@@ -316,8 +332,8 @@ def table(runs: list[dict], mean_face: float | None) -> list[str]:
 def mechanism(runs: list[dict], steps=(50, 100, 150, 200, 300)) -> list[str]:
     """Markdown: per block group, the median over runs that left / stayed of the between-image share / the gradient
     norm / Adam's relative step / the weight norm relative to initialisation, at the given steps."""
-    rows = ["| block group | runs | " + " | ".join(f"step {s}" for s in steps) + " |",
-            "|---|---|" + "---|" * len(steps)]
+    rows = ["| block group | runs | " + " | ".join(f"step {s}" for s in steps) + " | weights at the end / at the "
+            "start |", "|---|---|" + "---|" * (len(steps) + 1)]
     for label, _ in GROUPS:
         for verdict, members in (("left", [r for r in runs if r["left"]]),
                                  ("stayed", [r for r in runs if not r["left"]])):
@@ -330,9 +346,27 @@ def mechanism(runs: list[dict], steps=(50, 100, 150, 200, 300)) -> list[str]:
                     cells.append("–")
                     continue
                 share, grad, rel, norm = np.median(np.array(values), axis=0)
-                cells.append(f"{share:.2f} / {grad:.0e} / {rel:.0e} / {norm:.2f}")
+                cells.append(f"{share:.2f} / {grad:.0e} / {rel:.0e}" + ("" if np.isnan(norm) else f" / {norm:.2f}"))
+            ends = [r["weights_end"][label] for r in members if r.get("weights_end")]
+            cells.append(f"{_range(ends)} ({len(ends)} runs)" if ends else "–")
             rows.append(f"| {label} | {verdict} ({len(members)}) | " + " | ".join(cells) + " |")
     return rows
+
+
+def weights_at_end(spec: dict, saved: Path) -> dict:
+    """{block group: median over its blocks of weight_norm at the end / at initialisation}, the initialisation
+    rebuilt from the run's seed as run() built it, the end read from the saved state dict."""
+    import torch
+
+    from engine.train import seed_everything
+
+    seed_everything(spec["seed"])
+    model, _ = build(spec)
+    start = {name: weight_norm(m) for name, m in blocks(model)}
+    model.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
+    ratios = {name: weight_norm(m) / max(start[name], 1e-12) for name, m in blocks(model)}
+    return {label: round(float(np.median([r for n, r in ratios.items() if member(n)])), 4)
+            for label, member in GROUPS}
 
 
 def load_results() -> dict:
@@ -350,7 +384,11 @@ def cmd_report(args) -> None:
     results = load_results()
     runs = {r["name"]: r for r in results["runs"]}
     for path in sorted(Path(args.work).glob("*.json")):
-        record = summarise(json.loads(path.read_text()))
+        record = json.loads(path.read_text())
+        saved = path.parent / "weights" / (path.stem + ".pt")
+        if saved.is_file():
+            record["weights_end"] = weights_at_end(record["spec"], saved)
+        record = summarise(record)
         runs[record["name"]] = record
     if results["mean_face_nme2d"] is None:
         train_root, test_raw = study_data()

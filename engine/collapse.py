@@ -64,5 +64,6 @@ class CollapseWatch:
         return (f"warning: after {step} steps the network still predicts nearly the same face for every image (its "
                 f"predictions spread {self.value:.0%} as much as the targets across a batch; below "
                 f"{COLLAPSED_BELOW:.0%} means it has not left the mean face). Its result will be close to the "
-                f"mean face's. Try a longer --warmup, a lower --lr or another --seed "
+                f"mean face's. With --optimizer=adam or radam, use adamw (the default: Adam's gradient-added weight "
+                f"decay shrinks the decoder's weights); else try a longer --warmup or a lower --lr "
                 f"(benchmarks/results/convergence.md).")

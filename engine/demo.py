@@ -195,5 +195,6 @@ def run_demo(config: Config) -> dict:
     if not summary["learned"]:
         print(f"did not learn: the trained network is at {summary['after_over_mean_face']:.2f} x the mean face's NME "
               f"(a network that learnt is below {LEARNED_BELOW}); it predicts close to the mean face for every image. "
-              f"Rerun with another --seed or a longer --warmup (benchmarks/results/convergence.md).", flush=True)
+              f"Use --optimizer=adamw (the default) if another was given, else a longer --warmup or a lower --lr "
+              f"(benchmarks/results/convergence.md).", flush=True)
     return summary

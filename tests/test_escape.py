@@ -15,7 +15,7 @@ def _record(ratios, spreads, seed=0, **change) -> dict:
     log = [[10 * (i + 1), r, s] for i, (r, s) in enumerate(zip(ratios, spreads))]
     blocks = [{"step": 50, "encoder": [0.9, 1e-2, 1e-3, 1.0], "decoder.3": [0.5, 1e-3, 2e-3, 0.5],
                "decoder.8": [0.1, 1e-4, 3e-3, 0.2]}]
-    return {"spec": spec, "log": log, "blocks": blocks, "nme2d": 10.0 + seed, "train_seconds": 1.0, "date": "d",
+    return {"spec": spec, "log": log, "blocks": blocks, "norm": "weights", "nme2d": 10.0 + seed, "train_seconds": 1.0, "date": "d",
             "machine": "m"}
 
 
@@ -24,7 +24,10 @@ def test_names_and_sets():
     assert escape.run_name({**escape.DEFAULTS, "seed": 3, "optimizer": "adamw"}) == \
         "e2tkface-aligned__optimizer=adamw__seed=3"
     assert escape.run_name({**escape.DEFAULTS, "model": "prnet"}) == "prnet"
-    assert all(len(specs) == 8 for specs in escape.SETS.values())
+    assert all(len(escape.SETS[name]) == 8 for name in ("baseline", "adamw", "wd0", "warmup500", "adamw-threads2"))
+    networks = escape.specs_of("adamw-networks")
+    assert len(networks) == 16 and {escape.change_of(s) for s in networks} == {"adamw-study"}
+    assert {escape.change_of(s) for s in escape.specs_of("adamw-sizes")} == {"adamw-64px", "adamw-256px"}
     assert escape.change_of({**escape.DEFAULTS, "seed": 5, "warmup": 500, "steps": 700}) == "warmup500"
     assert escape.change_of({**escape.DEFAULTS, "seed": 5, "lr": 1e-3}) == "e2tkface-aligned__lr=0.001"
 
@@ -50,8 +53,8 @@ def test_summary_and_tables():
     assert "| 3 / 3 | 10 (10) | 10.00–12.00 % | – |" in adamw
     assert rows[-1] == "The mean face scores 18.80 % on the same test images."
     mech = escape.mechanism(runs, steps=(50, 100))
-    assert "| decoder 7-15 (64-128 px) | stayed (2) | 0.10 / 1e-04 / 3e-03 / 0.20 | – |" in mech
-    assert "| decoder 7-15 (64-128 px) | left (3) | 0.10 / 1e-04 / 3e-03 / 0.20 | – |" in mech
+    assert "| decoder 7-15 (64-128 px) | stayed (2) | 0.10 / 1e-04 / 3e-03 / 0.20 | – | – |" in mech
+    assert "| decoder 7-15 (64-128 px) | left (3) | 0.10 / 1e-04 / 3e-03 / 0.20 | – | – |" in mech
 
 
 def test_between_image_share_of_known_tensors():
