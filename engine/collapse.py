@@ -55,6 +55,15 @@ class CollapseWatch:
             self.updates += 1
         return self.value
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps, so that a resumed run continues the same running value and verdict."""
+        return {"value": self.value, "updates": self.updates, "checked": self.checked}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore state_dict() (None: a checkpoint from before the watch existed; the watch starts afresh)."""
+        if state:
+            self.value, self.updates, self.checked = state["value"], int(state["updates"]), bool(state["checked"])
+
     def verdict(self, step: int) -> str | None:
         if self.checked or step < self.check_step or self.updates < MIN_UPDATES:
             return None

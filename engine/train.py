@@ -376,6 +376,7 @@ def _resume(state: _TrainState, ck: dict, path: Path) -> None:
     state.start_epoch, state.best_loss = int(ck["epoch"]), float(ck["best_val_loss"])
     state.step = int(ck.get("step", state.start_epoch * len(state.loader)))
     state.history = list(ck.get("history", []))
+    state.watch.load_state_dict(ck.get("collapse_watch"))
     states, info = ck["rng"], state.info
     restore_rng_state(states[info.rank] if len(states) == info.world_size else states[0])
     gen = ck.get("data_state", {}).get("generator")
@@ -476,6 +477,7 @@ def _end_epoch(state: _TrainState, epoch: int, record: dict, on_epoch: EpochCall
             data_state={"epoch": epoch + 1, "seed": config.seed,
                         "generator": loader.generator.get_state() if loader.generator is not None else None},
             history=state.history, config=config.to_dict(), bfm=state.bfm, world_size=info.world_size, step=step,
+            collapse_watch=state.watch.state_dict(),
             **({"scaler": state.scaler.state_dict()} if state.scaler.is_enabled() else {}))
         save_checkpoint(state.out / "last.pth", ck)
         if improved:
