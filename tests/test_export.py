@@ -218,6 +218,9 @@ def test_int8_export_quantises_every_conv_and_matmul_but_the_decoder_tail(int8_e
 
 
 def test_int8_graph_runs_batched_and_in_range(int8_export):
+    """The int8 graph runs a batch (the batch axis stays dynamic) and its published head keeps the tanh range. How
+    far int8 moves a trained network's landmarks is bounded in tests/test_trained_backends.py (a random network's
+    int8 error says nothing)."""
     _, _, path, crops = int8_export
     from engine.export import calibration_crops
 
@@ -262,6 +265,7 @@ def test_bf16_predictor_casts_weights_once_and_stays_close_to_fp32(exported):
     diff = np.abs(out - ref)
     assert 0 < diff.max() < 2e-2 and diff.mean() < 3e-3            # bf16 keeps 8 significant bits
 
+    # E2TKFace runs so end to end (its bf16 accuracy: tests/test_trained_backends.py, on a trained network)
     net, path, _ = exported["e2tkface"]
     image = (rng.random((300, 420, 3)) * 255).astype(np.uint8)
     boxes = np.array([[40.0, 50.0, 190.0, 200.0], [230.0, 60.0, 380.0, 210.0]])

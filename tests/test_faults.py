@@ -293,8 +293,8 @@ sys.exit(torchrun.main(sys.argv[3:]))
 
 def _train_argv(train_dir: Path, out: Path) -> list[str]:
     return ["-train=True", "-test=False", f"-td={train_dir}", "--model=tiny", '--model-kwargs={"width": 4}',
-            "--epochs=3", "--batchSize=2", "--numWorker=0", "--lr=1e-3", "--val-fraction=0.2", "--seed=3",
-            "--device=cpu", "--bfm=synthetic", "--progress=False", f"--out={out}"]
+            "--epochs=3", "--batchSize=2", "--numWorker=0", "--lr=1e-3", "--warmup=0", "--val-fraction=0.2",
+            "--seed=3", "--device=cpu", "--bfm=synthetic", "--progress=False", f"--out={out}"]
 
 
 def test_training_killed_mid_epoch_then_resume_gives_the_same_weights(tmp_path, monkeypatch, capsys):

@@ -86,23 +86,31 @@ def test_face_model_rule_is_explicit_then_recorded_then_auto(tmp_path, monkeypat
     assert recorded_bfm({"config": {"bfm": "b"}}) == "b" and recorded_bfm({"model": {}}) is None
 
 
-def test_test_evaluates_onnx_files_like_the_checkpoint(trained, tmp_path, capsys):
-    """-test on the fp32 ONNX export gives the checkpoint's NME (onnxruntime vs torch: same landmarks to a fraction
-    of a pixel); the int8 file is evaluated too, so its own NME can be quoted; torch-only flags are refused."""
-    root, ck = trained
-    onnx, int8 = tmp_path / "m.onnx", tmp_path / "m8.onnx"
-    assert torchrun.main(["-export=onnx", f"--loadModelPath={ck}", f"-o={onnx}"]) == 0
-    assert torchrun.main(["-export=onnx-int8", f"--loadModelPath={ck}", f"-o={int8}", f"-td={root / 'train'}"]) == 0
-    nme = {}
-    for tag, path in (("pth", ck), ("onnx", onnx), ("int8", int8)):
+def test_test_evaluates_onnx_files_like_the_checkpoint(trained, trained_e2tkface, trained_onnx, tmp_path, capsys):
+    """-test on the fp32 ONNX export of the session's trained network gives the checkpoint's NME image by image
+    (onnxruntime vs torch: same landmarks to a fraction of a pixel); the int8 file's per-image NME stays within 1.5
+    points of it (measured 0.01-1.04 on these 4 images), closer than the mean face's (2.8-5.5 points away), so an
+    int8 file that lost what the network learnt would fail; torch-only flags are refused."""
+    from data.dataset import AFLWEvalSet
+    from engine.evaluate import MeanPosmapModel, evaluate_model
+    from faceutil.uv import uv_layout
+
+    root, _ = trained
+    onnx = trained_onnx["fp32"]
+    nme = {}                                                           # per-image 2D NME (%), CSV order
+    for tag, path in (("pth", trained_e2tkface.checkpoint), ("onnx", onnx), ("int8", trained_onnx["int8"])):
         out = tmp_path / tag
         assert torchrun.main(["-train=False", "-test=True", f"-pd={root / 'test_raw'}", f"--loadModelPath={path}",
                               f"--out={out}", "--progress=False"]) == 0
-        rows = (out / "eval-test_raw.csv").read_text().splitlines()
-        assert len(rows) == 1 + 4
-        nme[tag] = json.loads((out / "eval-test_raw.json").read_text())["summary"]["pt3d_68 2D"]["mean"]
-    assert nme["onnx"] == pytest.approx(nme["pth"], abs=0.01)
-    assert np.isfinite(nme["int8"]) and nme["int8"] != nme["pth"]
+        rows = [line.split(",") for line in (out / "eval-test_raw.csv").read_text().splitlines()]
+        assert rows[0][:3] == ["name", "yaw_deg", "nme2d"] and len(rows) == 1 + 4
+        nme[tag] = np.array([float(r[2]) for r in rows[1:]])
+    layout = uv_layout("synthetic")
+    mean_face = evaluate_model(MeanPosmapModel(trained_e2tkface.train_dir), AFLWEvalSet(root / "test_raw"),
+                               layout.kpt_ind, layout.face_mask).nme2d
+    assert np.abs(nme["onnx"] - nme["pth"]).max() <= 1e-3
+    assert np.abs(mean_face - nme["pth"]).min() > 2.0                  # the network is not the mean face here
+    assert np.abs(nme["int8"] - nme["pth"]).max() <= 1.5
     capsys.readouterr()
     assert torchrun.main(["-train=False", "-test=True", f"-pd={root / 'test_raw'}", f"--loadModelPath={onnx}",
                           "--precision=bf16", f"--out={tmp_path / 'x'}"]) == 1
@@ -149,8 +157,9 @@ def test_training_refuses_a_folder_of_another_face_model_and_warns_for_an_old_on
     other = _copy_folder(root / "train", tmp_path / "other",
                          {"bfm": "data/Out", "fingerprint": "0123456789abcdef", "size": 256})
     cfg = Config(train=True, test=False, train_dir=str(other), model="e2tkface", encoder="cnn",
-                 model_kwargs={"width_mult": 0.25}, input_size=64, epochs=1, batch_size=4, augment=False,
-                 num_workers=0, device="cpu", out=str(tmp_path / "run"), progress=False, bfm="synthetic")
+                 model_kwargs={"width_mult": 0.25}, input_size=64, epochs=1, batch_size=4, warmup_steps=0,
+                 augment=False, num_workers=0, device="cpu", out=str(tmp_path / "run"), progress=False,
+                 bfm="synthetic")
     with pytest.raises(RunError) as err:
         run_training(cfg)
     text = str(err.value)

@@ -12,6 +12,7 @@ from faceutil.errors import FaceUtilError
 from model.decoder import PRNetDecoder
 from model.e2tkface import build_e2tkface_from
 from model.loss import WeightedPosmapLoss
+from tests.helpers import calibrated
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -177,15 +178,23 @@ def test_decoder_as_convolutions_keeps_the_outputs():
 
 
 def test_export_twin_matches_eval_outputs():
+    """The full-size E2TKFace (published head, 256 px) and its twin. BatchNorm statistics are calibrated: with the
+    initial ones the outputs are ~1e-6 and any tolerance passes. A random deep network amplifies rounding, so the
+    tolerance is 5e-3 of the outputs' spread across the two images (measured 6.7e-4 to 9.2e-4 over four input seeds;
+    one decoder layer scaled by 1.001 gives 0.11). The trained network's twin is held to 1e-3
+    (tests/test_trained_backends.py)."""
     torch.manual_seed(0)
-    net = model.build_model("e2tkface")
-    x = torch.rand(1, 3, 256, 256)
+    net = calibrated(model.build_model("e2tkface")).train()
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     twin = net.export()
     assert not twin.training and net.training                        # original's mode untouched
     assert not any("e2cnn" in type(m).__module__ for m in twin.modules())
     net.eval()
     with torch.no_grad():
-        torch.testing.assert_close(twin(x), net(x), rtol=1e-4, atol=1e-4)
+        want, got = net(x), twin(x)
+    spread = float(want.std(dim=0).pow(2).mean().sqrt())             # RMS over pixels of the std across images
+    assert spread > 0.1
+    assert float((got - want).abs().max()) <= 5e-3 * spread
 
 
 def _randomise_batchnorm(net: nn.Module, seed: int = 0) -> None:
@@ -305,6 +314,7 @@ def test_get_device_and_errors():
 
 
 def test_bf16_autocast_runs_on_cpu():
+    """bf16 autocast trains on the CPU: bf16 features, float32 output and loss, finite gradients, no scaler."""
     torch.manual_seed(0)
     net = build_e2tkface_from(StandInEncoder(), enc_out=16, width_mult=0.25)
     loss_fn = WeightedPosmapLoss(_synthetic_mask())
@@ -318,10 +328,6 @@ def test_bf16_autocast_runs_on_cpu():
     assert features.dtype == torch.bfloat16 and pred.dtype == torch.float32 and loss.dtype == torch.float32
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
-    net.eval()
-    with torch.no_grad(), model.autocast_context("cpu", "bf16"):
-        low = net(images).float()
-    with torch.no_grad():
-        full = net(images)
-    assert (low - full).abs().max() < 0.1
     assert not model.grad_scaler("cpu", "bf16").is_enabled()
+    # how close bf16 stays to fp32 is measured on a trained network (tests/test_trained_backends.py): this
+    # untrained one's outputs hardly differ between images, so a tolerance here would say nothing

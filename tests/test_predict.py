@@ -416,15 +416,18 @@ def test_checkpoint_with_pickled_code_is_refused_and_never_run(tmp_path):
 # ------------------------------------------------------------------------------------------------- trained (slow)
 @pytest.mark.slow
 def test_briefly_trained_model_moves_landmarks_towards_the_truth(face_model, tmp_path):
-    """Train a reduced-width E2TKFace on 4 processed synthetic samples (300 Adam steps, ~5 min on 2 free cores), then
-    predict one of them through the whole Predictor path (crop from its landmark box).
+    """Train a reduced-width E2TKFace (mean-residual head, so it starts at the 4 samples' mean face) on 4 processed
+    synthetic samples (150 full-batch Adam steps at 256 px: 142 s on one torch thread beside two busy processes), then
+    predict each of them through the whole Predictor path (crop from its landmark box), fp32 and from its int8 export.
 
-    Measured (2026-11, this machine): NME 90 % untrained -> 30 % after 300 steps (lr 3e-4; 1e-4 gives 31 %, 1e-3 stalls
-    at 43 %). A brief CPU run does not reach accurate landmarks (that takes real training, see --demo); this test
-    checks that a trained network's output flows through the predictor into the right place, and that its int8
-    export (-export=onnx-int8) does too. The exact geometry is covered by
+    Measured (2026-12-06): 2D NME 10.69 % for the mean face (the untrained network) -> 2.64 % after 150 steps (0.25 of
+    it; 1 torch thread: 3.68 % after 100, 2.48 % after 150, 2.22 % after 200); its int8 file 2.69 %, at most 0.38
+    points from fp32 on any of the 4 photos. A brief CPU run on 4 samples memorises, it does not generalise
+    (tests/test_training.py measures held-out NME); this test checks that a trained network's output flows through
+    the predictor, fp32 and int8, into the right place. The exact geometry is covered by
     test_stub_network_gives_true_landmarks_and_pose.
     """
+    from engine.export import calibration_crops, export_onnx
     from faceutil.metrics import nme
     from faceutil.process import process_dataset
     from faceutil.synthetic import synthesize_dataset
@@ -437,34 +440,33 @@ def test_briefly_trained_model_moves_landmarks_towards_the_truth(face_model, tmp
     maps = np.stack([np.load(out / n / f"{n}_cropped_uv_posmap.npy") for n in names]) / 280.0
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     y = torch.from_numpy(maps.transpose(0, 3, 1, 2).astype(np.float32).copy())
-    truth = read_sample_mat(raw / f"{names[0]}.mat").pt3d_68
-    image = read_image(raw / f"{names[0]}.jpg")
+    photos = [(read_image(raw / f"{n}.jpg"), read_sample_mat(raw / f"{n}.mat").pt3d_68) for n in names]
 
-    def landmark_nme(net):
-        result = Predictor(net.eval(), device="cpu", bfm="synthetic", export=False)(
-            image, _landmark_box(truth)[None], box_kind="landmarks")[0]
-        return nme(result.landmarks[None, :, :2], truth[None, :, :2])[0]
+    def landmark_nme(source, **options) -> np.ndarray:
+        """(4,) 2D NME (%) of the 4 photos predicted by ``source`` from their landmark boxes."""
+        predictor = Predictor(source, device="cpu", bfm="synthetic", **options)
+        faces = [predictor(image, _landmark_box(truth)[None], box_kind="landmarks")[0] for image, truth in photos]
+        return np.array([nme(face.landmarks[None, :, :2], truth[None, :, :2])[0]
+                         for face, (_, truth) in zip(faces, photos)])
 
     torch.manual_seed(0)
-    net = build_model("e2tkface", width_mult=0.25, encoder="cnn")
-    before = landmark_nme(net)
+    kwargs = {"width_mult": 0.25, "encoder": "cnn", "head": "mean-residual"}
+    net = build_model("e2tkface", **kwargs)
+    net.io.set_mean_posmap(maps.mean(axis=0) * 280.0)
+    mean_face = landmark_nme(net.eval(), export=False).mean()        # the untrained network is the mean face
     loss_fn = WeightedPosmapLoss(uv_geometry("synthetic").face_mask.astype(np.float32))
     opt = torch.optim.Adam(net.parameters(), lr=3e-4)
-    for _ in range(300):
+    for _ in range(150):
         net.train()
         opt.zero_grad()
         loss_fn(net(x), y).backward()
         opt.step()
-    after = landmark_nme(net)
-    assert after < 0.5 * before and after < 40.0, (before, after)
-    # the int8 export of the trained network (calibrated on the 4 training crops) lands in the same place
-    from engine.export import calibration_crops, export_onnx
-
+    after = landmark_nme(net.eval(), export=False)
     int8 = tmp_path / "int8.onnx"
-    export_onnx(net.eval(), int8, "e2tkface", {"width_mult": 0.25, "encoder": "cnn"}, calibration=calibration_crops(out))
-    result = Predictor(int8, device="cpu", bfm="synthetic")(image, _landmark_box(truth)[None], box_kind="landmarks")[0]
-    after_int8 = nme(result.landmarks[None, :, :2], truth[None, :, :2])[0]
-    assert after_int8 < 40.0 and abs(after_int8 - after) < 3.0, (after, after_int8)
+    export_onnx(net, int8, "e2tkface", kwargs, calibration=calibration_crops(out))
+    after_int8 = landmark_nme(int8)
+    assert after.mean() <= 0.5 * mean_face, (mean_face, after)
+    assert after_int8.mean() <= 0.5 * mean_face and np.abs(after_int8 - after).max() <= 1.5, (after, after_int8)
 
 
 # ------------------------------------------------------------------------------------------------- command line

@@ -1,7 +1,7 @@
 """The real networks through the real training loop (issue 12): E2TKFace must memorise a handful of synthetic
 samples far below the mean-map loss, and the mean-residual head and --input-size must survive train -> test ->
 predict -> export (fp32 and int8 ONNX) with the mean map travelling in every artefact. Bad head / size / mean-map
-inputs are one sentence and a non-zero exit."""
+inputs are one sentence and a non-zero exit. A brief run must beat the mean face on held-out faces (issue 22)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,8 @@ import torchrun
 from config import Config
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import RunError
+from faceutil.uv import uv_layout
+from tests.helpers import landmark_shift_px, read_crops
 
 TRAIN_COUNT = 12
 
@@ -94,15 +96,20 @@ def test_mean_residual_and_input_size_through_test_predict_and_export(synth, tmp
                           f"-td={synth / 'train'}"]) == 0
     net = build_model("e2tkface", **ck["model_kwargs"])
     net.load_state_dict(ck["model"])
-    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    x, _ = read_crops(synth / "train")                           # (12, 3, 256, 256) face crops
     with torch.no_grad():
         ref = net.eval()(x).numpy()
     got = OnnxBackend(onnx_path)(x.numpy())
     residual = ref - mean.numpy()
     assert np.abs(residual).max() > 1e-3                         # trained: not the mean map alone
     assert np.abs(got - ref).max() <= 1e-3 * np.abs(residual).max() + 1e-5
-    low = OnnxBackend(int8_path)(x.numpy())
-    assert np.abs(low - mean.numpy()).max() < 0.2                # int8 keeps the float mean map (residual small)
+    kpt_ind = uv_layout("synthetic").kpt_ind
+    shift = landmark_shift_px(OnnxBackend(int8_path)(x.numpy()), ref, kpt_ind)
+    off_mean = landmark_shift_px(np.broadcast_to(mean.numpy(), ref.shape), ref, kpt_ind)
+    assert np.median(off_mean) > 0.75                            # the residual moves landmarks (measured 1.37 px)
+    # the int8 graph keeps the float mean map and this network's small residual: landmarks measured within 4e-5 px
+    # of torch's (12 crops); without the mean map they would be ~200 px off, without the residual 1.37 px (median)
+    assert shift.max() <= 0.25
     capsys.readouterr()
 
 
@@ -144,3 +151,41 @@ def test_bad_head_size_and_mean_map_inputs_are_one_sentence(synth, tmp_path, cap
         load_weights(build_model("prnet", input_size=64, head="mean-residual"),
                      {"model": build_model("prnet", input_size=64).state_dict()}, "y.pth")
     assert json.dumps(Config().to_dict())                       # the new options are JSON-saveable
+
+
+# The brief training below: E2TKFace as the toolkit builds it (equivariant 'aligned' encoder, mean-residual head) at
+# width 0.5 and 64 px, 160 synthetic training images, batch 16, 20 epochs = 200 steps, lr 5e-4 after a 100-step
+# warm-up, cosine, no augmentation, one torch thread. Held-out 2D NME / mean face's (24 AFLW2000-format images, mean
+# face 21.6 %) of last.pth, measured on network seeds 0-5 (2026-12-06, data seeds 100 / 101): 0.52, 0.49, 0.60, 0.52,
+# 0.63, 0.58 (seed 0 is the test's). Width 0.25 with the same recipe was not reliable (seeds 0-4: 0.53, 0.51, 0.53,
+# 0.85, 0.67); with a 20-step warm-up (lr 1e-4 or 2.5e-4) seed 3 stayed on the mean face (0.98-1.00); batch 8 for
+# 400 steps did no better (seed 3: 0.77). The test takes 116 s on one thread beside two busy processes.
+BRIEF_TRAIN, BRIEF_TEST = 160, 24
+BRIEF_CHANGES = {"model_kwargs": {"width_mult": 0.5}, "epochs": 20, "batch_size": 16, "warmup_steps": 100,
+                 "lr": 5e-4, "val_fraction": 0.0, "seed": 0}
+#: trained held-out NME must be at most this fraction of the mean face's (measured 0.49-0.63 over six seeds)
+LEARNT_BELOW = 0.8
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_brief_training_beats_the_mean_face_on_held_out_faces(tmp_path):
+    """Training that learns (issue 22): a brief run of the real training loop must take E2TKFace well off the mean
+    face on faces it has not seen -- held-out 2D NME at most LEARNT_BELOW of the mean training face's NME."""
+    from data.dataset import AFLWEvalSet
+    from engine.evaluate import MeanPosmapModel, evaluate_model
+    from engine.loading import load_network
+    from engine.train import run_training
+    from faceutil.facemodel import load_model
+    from faceutil.synthetic import synthesize_dataset
+    from tests.helpers import synthetic_crops
+
+    train_dir = synthetic_crops(tmp_path / "train_raw", tmp_path / "train", BRIEF_TRAIN, seed=100)
+    synthesize_dataset(tmp_path / "test_raw", "AFLW2000", BRIEF_TEST, seed=101, model=load_model("synthetic"))
+    result = run_training(config_for(train_dir, tmp_path / "run", **BRIEF_CHANGES))
+    assert result.history[-1]["step"] == 200
+    layout, test_set = uv_layout("synthetic"), AFLWEvalSet(tmp_path / "test_raw")
+    trained = evaluate_model(load_network(result.last_path).module, test_set, layout.kpt_ind, layout.face_mask)
+    mean_face = evaluate_model(MeanPosmapModel(train_dir), test_set, layout.kpt_ind, layout.face_mask)
+    assert len(trained.nme2d) == BRIEF_TEST and mean_face.nme2d.mean() > 10.0       # a real pose/shape spread
+    assert trained.nme2d.mean() <= LEARNT_BELOW * mean_face.nme2d.mean(), \
+        (trained.nme2d.mean(), mean_face.nme2d.mean(), [h["train_loss"] for h in result.history])
