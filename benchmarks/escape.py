@@ -204,7 +204,8 @@ def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None
         update_bn((b["image"] for b in torch.utils.data.DataLoader(refresh, batch_size=16)), model)
     model.eval()
     nme = evaluate_nme(model.export() if hasattr(model, "export") else model, test_items, layout.kpt_ind)
-    return {"spec": spec, "log": log, "blocks": block_log, "norm": "weights", "nme2d": nme, "train_seconds": round(train_s, 1),
+    return {"spec": spec, "log": log, "blocks": block_log, "norm": "weights", "nme2d": nme,
+            "train_seconds": round(train_s, 1),
             "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine()}
 
 
@@ -284,7 +285,8 @@ def summarise(record: dict) -> dict:
         groups[label] = rows
     return {"name": run_name(record["spec"]), "spec": record["spec"], "left": left_mean(record),
             "step_left": step_left(record), "nme2d": record["nme2d"], "loss_end": record["log"][-1][1],
-            "spread_end": record["log"][-1][2], "groups": groups, "weights_end": record.get("weights_end"), "train_seconds": record["train_seconds"],
+            "spread_end": record["log"][-1][2], "groups": groups, "weights_end": record.get("weights_end"),
+            "train_seconds": record["train_seconds"],
             "date": record["date"], "machine": record["machine"]}
 
 

@@ -15,7 +15,8 @@ def _record(ratios, spreads, seed=0, **change) -> dict:
     log = [[10 * (i + 1), r, s] for i, (r, s) in enumerate(zip(ratios, spreads))]
     blocks = [{"step": 50, "encoder": [0.9, 1e-2, 1e-3, 1.0], "decoder.3": [0.5, 1e-3, 2e-3, 0.5],
                "decoder.8": [0.1, 1e-4, 3e-3, 0.2]}]
-    return {"spec": spec, "log": log, "blocks": blocks, "norm": "weights", "nme2d": 10.0 + seed, "train_seconds": 1.0, "date": "d",
+    return {"spec": spec, "log": log, "blocks": blocks, "norm": "weights", "nme2d": 10.0 + seed, "train_seconds": 1.0,
+            "date": "d",
             "machine": "m"}
 
 
@@ -63,7 +64,8 @@ def test_between_image_share_of_known_tensors():
     same = torch.randn(1, 4, 8, 8).expand(6, 4, 8, 8)
     assert escape.between_image_share(same) == pytest.approx(0.0, abs=1e-6)
     flat = torch.randn(6, 4, 1, 1).expand(6, 4, 8, 8)               # images differ, no pattern in space
-    assert escape.between_image_share(flat) == pytest.approx((1 / 5) / (64 / 383), rel=1e-4)   # unbiased: 5 and 383 degrees of freedom
+    # unbiased variances: 5 degrees of freedom between the images, 383 over images and positions
+    assert escape.between_image_share(flat) == pytest.approx((1 / 5) / (64 / 383), rel=1e-4)
 
 
 @pytest.mark.slow
