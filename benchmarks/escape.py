@@ -75,9 +75,15 @@ def blocks(model) -> list[tuple[str, object]]:
 
 
 def weight_norm(module) -> float:
-    """Norm of a block's weights (its parameters of 2 or more dimensions: convolution and linear weights, not the
-    BatchNorm scales and shifts or biases)."""
-    return float(sum(float(p.detach().float().square().sum()) for p in module.parameters() if p.dim() > 1)) ** 0.5
+    """Norm of a block's weights: convolution and linear weights (parameters of 2 or more dimensions, and e2cnn's
+    steerable-basis coefficients, its 1-D ``weights``), not the BatchNorm scales and shifts or biases."""
+    return float(sum(float(p.detach().float().square().sum()) for n, p in module.named_parameters()
+                     if p.dim() > 1 or n.rsplit(".", 1)[-1] == "weights")) ** 0.5
+
+
+def norm_ratio(now: float, start: float) -> float:
+    """now / start, nan for a block that starts at zero (the zero-initialised output layer)."""
+    return now / start if start > 0 else float("nan")
 
 
 def between_image_share(t) -> float:
@@ -190,7 +196,7 @@ def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None
                     row[name] = [shares.get(name, float("nan")),
                                  float(torch.cat(grads).norm()) if grads else 0.0,
                                  float((w1 - w0).norm() / w0.norm().clamp_min(1e-12)),
-                                 weight_norm(module) / initial_norms[name]]
+                                 norm_ratio(weight_norm(module), initial_norms[name])]
                 block_log.append(row)
             if step >= spec["steps"]:
                 break
@@ -366,8 +372,8 @@ def weights_at_end(spec: dict, saved: Path) -> dict:
     model, _ = build(spec)
     start = {name: weight_norm(m) for name, m in blocks(model)}
     model.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
-    ratios = {name: weight_norm(m) / max(start[name], 1e-12) for name, m in blocks(model)}
-    return {label: round(float(np.median([r for n, r in ratios.items() if member(n)])), 4)
+    ratios = {name: norm_ratio(weight_norm(m), start[name]) for name, m in blocks(model)}
+    return {label: round(float(np.nanmedian([r for n, r in ratios.items() if member(n)])), 4)
             for label, member in GROUPS}
 
 

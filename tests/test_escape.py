@@ -68,6 +68,25 @@ def test_between_image_share_of_known_tensors():
     assert escape.between_image_share(flat) == pytest.approx((1 / 5) / (64 / 383), rel=1e-4)
 
 
+def test_weight_norm_counts_conv_weights_only():
+    """Plain and e2cnn convolution weights count, BatchNorm parameters and biases do not; a block that starts at
+    zero has no ratio (nan), not a division error."""
+    import torch
+    from e2cnn import gspaces, nn as enn
+
+    conv, bn = torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.fill_(5.0)
+    expected = float(conv.weight.square().sum()) ** 0.5
+    assert escape.weight_norm(torch.nn.Sequential(conv, bn)) == pytest.approx(expected, rel=1e-6)
+    space = gspaces.Rot2dOnR2(4)
+    field = enn.FieldType(space, [space.regular_repr])
+    steerable = enn.R2Conv(field, field, 3)
+    expected = float(steerable.weights.square().sum()) ** 0.5
+    assert expected > 0 and escape.weight_norm(steerable) == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(escape.norm_ratio(1.0, 0.0)) and escape.norm_ratio(1.0, 4.0) == 0.25
+
+
 @pytest.mark.slow
 def test_a_short_run_writes_its_record(tmp_path):
     """Four steps of the real harness at 64 px: the record has the logged rows, the blocks and a finite NME."""
@@ -80,4 +99,8 @@ def test_a_short_run_writes_its_record(tmp_path):
     record = escape.run(spec, train_root, [test[i] for i in range(4)], tmp_path / "w.pt")
     assert [row[0] for row in record["log"]] == [10, 20, 30, 40, 50] and record["blocks"][0]["step"] == 50
     assert np.isfinite(record["nme2d"]) and (tmp_path / "w.pt").is_file()
+    ratios = {name: values[3] for name, values in record["blocks"][0].items() if name != "step"}
+    last = f"decoder.{max(int(n.split('.')[1]) for n in ratios if n.startswith('decoder.'))}"
+    assert np.isnan(ratios.pop(last))                               # the zero-started output layer
+    assert all(0.5 < r < 2.0 for r in ratios.values()), ratios      # 50 steps move the rest, not by 2x
     json.dumps(record)
