@@ -295,7 +295,7 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
                                              "results folder, for -export the file"),
     (("--resume",), "resume", _resume_value, "continue an interrupted run: bare flag = <--out>/last.pth, "
                                              "or a path to a last.pth"),
-    (("--progress",), "progress", "bool", "show tqdm progress bars"),
+    (("--progress",), "progress", "bool", "show progress: a bar on a terminal, plain lines in a log file"),
     (("--gt",), "gt", str, "evaluation ground truth: original (pt3d_68) | reannotated (also report against "
                            "--gt-file)"),
     (("--gt-file",), "gt_file", str, "re-annotated landmarks (N,2,68) .npy, rows in sorted image-name order "

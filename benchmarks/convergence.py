@@ -578,50 +578,18 @@ def curve_reading(curve: dict) -> str:
 
 
 def draw_curves(curves: list, path: Path) -> Path:
-    """Test NME vs training minutes, one line per curve, the mean-face NME dashed; OpenCV only."""
-    import cv2
+    """Test NME vs training minutes, one line per curve, each run's mean-face NME dashed, the goal dotted."""
+    from benchmarks.plots import Panel, Series, save_figure
 
-    w, h, m = 760, 440, 60
-    img = np.full((h, w, 3), 255, np.uint8)
-    pts_all = [(p["minutes"], p["nme2d"]) for c in curves for p in c["points"]]
-    refs = [c["mean_face_nme2d"] for c in curves]
-    xmax = 10.0 * math.ceil(max([x for x, _ in pts_all] + [GOAL_MINUTES]) / 10.0)
-    ymax = 5.0 * math.ceil(1.05 * max([y for _, y in pts_all] + refs + [1.0]) / 5.0)
-    x0, y0, x1, y1 = m, 30, w - 20, h - 60
-    font = cv2.FONT_HERSHEY_SIMPLEX
-
-    def xy(x, y):
-        return int(round(x0 + (x1 - x0) * x / xmax)), int(round(y1 - (y1 - y0) * min(y, ymax) / ymax))
-
-    cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-    for k in range(int(xmax // 10) + 1):
-        cv2.putText(img, f"{10 * k}", (xy(10 * k, 0)[0] - 8, y1 + 18), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    for k in range(int(ymax // 5) + 1):
-        cv2.putText(img, f"{5 * k}", (x0 - 30, xy(0, 5 * k)[1] + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "2-core CPU training minutes", (x0 + 230, y1 + 40), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "2D NME %", (5, 18), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    for xs in np.arange(0, xmax, 2.0):                                  # the goal: dotted grey
-        cv2.line(img, xy(xs, GOAL_NME), xy(xs + 0.5, GOAL_NME), (140, 140, 140), 1, cv2.LINE_AA)
-    cv2.putText(img, f"goal {GOAL_NME:g} %", (x1 - 90, xy(0, GOAL_NME)[1] - 6), font, 0.4, (120, 120, 120), 1,
-                cv2.LINE_AA)
-    palette = [(200, 60, 20), (40, 40, 200), (30, 160, 30), (20, 120, 230), (150, 50, 150)]
-    for k, c in enumerate(curves):
-        colour = palette[k % len(palette)]
-        ref = c["mean_face_nme2d"]
-        for xs in np.arange(0, xmax, xmax / 60)[::2]:                  # dashed mean-face line
-            cv2.line(img, xy(xs, ref), xy(min(xs + xmax / 60, xmax), ref), colour, 1, cv2.LINE_AA)
-        pts = [xy(p["minutes"], p["nme2d"]) for p in c["points"]]
-        for u, v in zip(pts[:-1], pts[1:]):
-            cv2.line(img, u, v, colour, 2, cv2.LINE_AA)
-        for u in pts:
-            cv2.circle(img, u, 3, colour, -1, cv2.LINE_AA)
-        cv2.putText(img, c["label"][:60], (x1 - 260, y1 - 30 - 18 * k), font, 0.45, colour, 1, cv2.LINE_AA)
-    cv2.putText(img, "dashed: mean-face NME of each run", (x1 - 260, y1 - 10), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    ok, data = cv2.imencode(".png", img)
-    from faceutil.sampleio import atomic_write_bytes
-
-    atomic_write_bytes(path, data.tobytes())
-    return path
+    series = [Series(c["label"], [p["minutes"] for p in c["points"]], [p["nme2d"] for p in c["points"]])
+              for c in curves]
+    references = sorted({round(c["mean_face_nme2d"], 2) for c in curves})
+    xmax = max([p["minutes"] for c in curves for p in c["points"]] + [GOAL_MINUTES])
+    series += [Series(f"mean face {r:.2f} %", [0, xmax], [r, r], reference=True) for r in references]
+    series.append(Series(f"goal {GOAL_NME:g} %", [0, xmax], [GOAL_NME, GOAL_NME], colour="#444444", markers=False,
+                         width=1.0, linestyle=":"))
+    return save_figure([Panel("", series, xlabel="2-core CPU training minutes", ylabel="2D NME (%)")], Path(path),
+                       panel_size=(7.2, 4.2))
 
 
 PROBE_ORDER = ("lr", "head", "lr-fine", "warmup", "decay", "tail", "encoders")

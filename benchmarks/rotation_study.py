@@ -71,8 +71,8 @@ SETTING_KEYS = ("steps", "batch", "lr", "warmup", "weight_decay", "width_mult", 
                 "train_count", "test_count", "data_seed", "angles")
 SMOKE = {"steps": 2, "batch": 2, "warmup": 1, "width_mult": MIN_WIDTH, "train_count": 8, "test_count": 4,
          "seeds": [0, 1], "size": 64, "angles": [0, 90, 180]}
-COLOURS_BGR = {"E2TKFace faithful": (200, 60, 20), "E2TKFace aligned": (30, 160, 30),
-               "E2TKFace CNN": (20, 120, 230), "PRNet": (40, 40, 200)}
+COLOURS = {"E2TKFace faithful": "#0072B2", "E2TKFace aligned": "#009E73", "E2TKFace CNN": "#E69F00",
+           "PRNet": "#D55E00"}
 
 
 def is_exact(angle: int) -> bool:
@@ -652,73 +652,23 @@ def _json_default(v):
 
 
 def draw_plot(groups: dict, angles: list, baseline: dict, path: Path) -> Path:
-    """NME vs test angle, one line per model (mean ± std over the counting seeds), two panels (with / without
-    rotation augmentation); the mean face dashed grey; thin grey verticals at the exact angles. OpenCV only."""
-    import cv2
+    """NME vs test angle, one line per model (mean ± std over the counting seeds), two panels (without / with
+    rotation augmentation); the mean face dashed grey; thin grey verticals at the exact (quarter-turn) angles."""
+    from benchmarks.plots import Panel, Series, save_figure
 
-    from faceutil.sampleio import atomic_write_bytes
-
-    pw, ph, margin = 560, 380, 60
-    img = np.full((ph + 70, 2 * pw, 3), 255, np.uint8)
-    values = [mean_std(v)[0] + mean_std(v)[1] for g in groups.values() for v in g["per_angle"].values()]
-    values += [v for a, v in baseline.items() if a in angles]
-    values = [v for v in values if math.isfinite(v)]
-    ymax = max(values) * 1.1 if values and max(values) > 0 else 1.0
-    amin, amax = (min(angles), max(angles)) if angles else (0, 180)
-    amax = amax if amax > amin else amin + 1
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for p, rotation in enumerate((False, True)):
-        x0, y0, x1, y1 = p * pw + margin, 30, p * pw + pw - 20, ph - 40
-        cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-        cv2.putText(img, f"{'with' if rotation else 'without'} rotation augmentation", (x0, 20), font, 0.5,
-                    (0, 0, 0), 1, cv2.LINE_AA)
-
-        def xy(a, v):
-            return (int(round(x0 + (x1 - x0) * (a - amin) / (amax - amin))), int(round(y1 - (y1 - y0) * v / ymax)))
-
-        for a in angles:
-            x, _ = xy(a, 0)
-            if is_exact(a):
-                cv2.line(img, (x, y0), (x, y1), (210, 210, 210), 1)
-            if a % 45 == 0:
-                cv2.line(img, (x, y1), (x, y1 + 4), (0, 0, 0), 1)
-                cv2.putText(img, str(a), (x - 12, y1 + 18), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        for k in range(5):
-            v = ymax * k / 4
-            _, y = xy(amin, v)
-            cv2.line(img, (x0 - 4, y), (x0, y), (0, 0, 0), 1)
-            cv2.putText(img, f"{v:.1f}", (x0 - 50, y + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, "test rotation (deg)", (x0 + 170, y1 + 34), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, "NME %", (p * pw + 5, y1 + 34), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        base_pts = [xy(a, baseline[a]) for a in angles if a in baseline]
-        for k, (u, w) in enumerate(zip(base_pts[:-1], base_pts[1:])):
-            if k % 2 == 0:
-                cv2.line(img, u, w, (150, 150, 150), 1, cv2.LINE_AA)
+    panels = []
+    for rotation in (False, True):
+        series = [Series("mean face", [a for a in angles if a in baseline], [baseline[a] for a in angles
+                                                                                 if a in baseline], reference=True)]
         for g in groups.values():
-            if g["rotation"] != rotation:
-                continue
-            colour = COLOURS_BGR.get(g["label"], (0, 0, 0))
-            pts = []
-            for a in angles:
-                m, s = mean_std(g["per_angle"].get(a, []))
-                if not math.isfinite(m):
-                    continue
-                pts.append(xy(a, m))
-                cv2.line(img, xy(a, m + s), xy(a, max(m - s, 0.0)), colour, 1, cv2.LINE_AA)
-            for u, w in zip(pts[:-1], pts[1:]):
-                cv2.line(img, u, w, colour, 2, cv2.LINE_AA)
-            for u in pts:
-                cv2.circle(img, u, 3, colour, -1, cv2.LINE_AA)
-    legend = list(COLOURS_BGR.items()) + [("mean face", (150, 150, 150))]
-    for k, (label, colour) in enumerate(legend):
-        x = 20 + k * (2 * pw - 40) // len(legend)
-        cv2.line(img, (x, ph + 35), (x + 30, ph + 35), colour, 2, cv2.LINE_AA)
-        cv2.putText(img, label, (x + 36, ph + 40), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError(f"cannot encode the plot {path}")
-    atomic_write_bytes(Path(path), buf.tobytes())
-    return Path(path)
+            if g["rotation"] == rotation:
+                stats = [mean_std(g["per_angle"].get(a, [])) for a in angles]
+                series.append(Series(g["label"], angles, [m for m, _ in stats], err=[s for _, s in stats],
+                                     colour=COLOURS.get(g["label"])))
+        panels.append(Panel(f"{'with' if rotation else 'without'} rotation augmentation", series,
+                            xlabel="test rotation (deg)", ylabel="2D NME (%)",
+                            xticks=[a for a in angles if a % 45 == 0], vlines=[a for a in angles if is_exact(a)]))
+    return save_figure(panels, Path(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------

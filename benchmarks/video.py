@@ -111,7 +111,8 @@ def run_variant(predictor, frames: np.ndarray, truth: np.ndarray, fps: float, re
             "found": int(found.sum()), "nme": float(np.mean(nmes)) if nmes else float("nan"),
             "jitter": jitter(out), "lag": lag(out, truth[..., :2]), "fps": len(frames) / seconds,
             "detector_runs": tracker.stats.detections, "tracks_started": tracker.stats.started,
-            "tracks_lost": tracker.stats.lost, "nose_x": out[:, NOSE_TIP, 0].tolist()}
+            "tracks_lost": tracker.stats.lost,
+            "nose_x": [round(float(v), 3) if np.isfinite(v) else None for v in out[:, NOSE_TIP, 0]]}
 
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -124,35 +125,16 @@ VARIANTS = (("per-frame detection (before tracking)", 0, 0.0, False),
 DEFAULT_ROW = 3
 
 
-def draw_plot(rows: list[dict], truth: np.ndarray, path: Path) -> None:
-    """The nose tip's x over time: truth, per-frame detection, tracking + default smoothing (OpenCV only)."""
-    import cv2
+def draw_plot(rows: list[dict], truth: np.ndarray, path: Path) -> Path:
+    """The nose tip's x over time: truth, per-frame detection, tracking + default smoothing."""
+    from benchmarks.plots import Panel, Series, save_figure
 
-    from faceutil.sampleio import atomic_write_bytes
-
-    w, h, m = 900, 360, 50
-    img = np.full((h, w, 3), 255, np.uint8)
-    series = [("truth", truth[:, NOSE_TIP, 0], (0, 0, 0)),
-              (rows[0]["label"], np.array(rows[0]["nose_x"]), (40, 40, 220)),
-              (rows[DEFAULT_ROW]["label"], np.array(rows[DEFAULT_ROW]["nose_x"]), (30, 150, 30))]
-    values = np.concatenate([s[1][np.isfinite(s[1])] for s in series])
-    lo, hi = float(values.min()) - 5, float(values.max()) + 5
-    n = len(truth)
-
-    def xy(k, v):
-        return int(m + (w - 2 * m) * k / max(n - 1, 1)), int(h - m - (h - 2 * m) * (v - lo) / (hi - lo))
-
-    cv2.rectangle(img, (m, m), (w - m, h - m), (0, 0, 0), 1)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for i, (label, ys, colour) in enumerate(series):
-        pts = [xy(k, v) for k, v in enumerate(ys) if np.isfinite(v)]
-        for a, b in zip(pts[:-1], pts[1:]):
-            cv2.line(img, a, b, colour, 1 if i == 0 else 2, cv2.LINE_AA)
-        cv2.putText(img, label, (w - m - 330, 14 + 13 * i), font, 0.42, colour, 1, cv2.LINE_AA)
-    cv2.putText(img, "frame", (w // 2, h - 15), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "nose tip x (px)", (5, m - 8), font, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
-    ok, buf = cv2.imencode(".png", img)
-    atomic_write_bytes(path, buf.tobytes())
+    frames = list(range(len(truth)))
+    series = [Series("truth", frames, truth[:, NOSE_TIP, 0], colour="#000000", markers=False, width=1.0)]
+    series += [Series(rows[k]["label"], frames, np.array(rows[k]["nose_x"], dtype=float), markers=False, width=1.4)
+               for k in (0, DEFAULT_ROW)]
+    return save_figure([Panel("", series, xlabel="frame", ylabel="nose tip x (px)", ymin=None)], Path(path),
+                       panel_size=(9.0, 3.6))
 
 
 def write_report(out: Path, rows: list[dict], truth: np.ndarray, meta: dict) -> Path:
@@ -197,7 +179,7 @@ def write_report(out: Path, rows: list[dict], truth: np.ndarray, meta: dict) -> 
     atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
     draw_plot(rows, truth, out / "video.png")
     record = {"meta": meta, "truth_jitter": truth_jitter,
-              "rows": [{k: v for k, v in r.items() if k != "nose_x"} for r in rows],
+              "rows": rows, "truth_nose_x": truth[:, NOSE_TIP, 0].round(3).tolist(),    # enough to redraw the plot
               "targets": {name: {"met": ok, "value": value} for name, ok, value in targets}}
     atomic_write_bytes(out / "video.json", (json.dumps(record, indent=1) + "\n").encode("utf-8"))
     return path

@@ -131,9 +131,9 @@ def evaluate_model(model: nn.Module, dataset, kpt_ind: np.ndarray, face_mask: np
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     if progress:
-        from tqdm import tqdm
+        from faceutil.progress import progress as progress_bar
 
-        loader = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True)
+        loader = progress_bar(loader, desc="evaluating", unit="batch", lines=False, leave=False)
     names, yaws, preds, truths, dense = [], [], [], [], []
     for batch in loader:
         with autocast_context(device, precision):

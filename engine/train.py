@@ -428,8 +428,7 @@ def _train_epoch(state: _TrainState, epoch: int) -> tuple[dict, bool]:
             warning = state.watch.verdict(state.step)
             if warning:
                 _say(info, warning)
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{batch_loss:.5f}", refresh=False)
+        bar.set_postfix(loss=f"{batch_loss:.5f}", refresh=False)
         if stop_early:
             break
     record = {"epoch": epoch + 1, "train_loss": epoch_sum / max(epoch_count, 1), "lr": lr, "step": state.step,
@@ -492,11 +491,11 @@ def _end_epoch(state: _TrainState, epoch: int, record: dict, on_epoch: EpochCall
 
 
 def _progress(loader, info: D.DistInfo, config: Config, desc: str):
-    if not (info.is_main and config.progress):
-        return loader
-    from tqdm import tqdm
+    """A bar over the epoch's batches on a terminal; in a log file nothing (the epoch's own line follows)."""
+    from faceutil.progress import progress
 
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    return progress(loader, desc=desc, unit="batch", enabled=info.is_main and config.progress, lines=False,
+                    leave=False)
 
 
 def _nan_error(epoch: int, step: int, last_path: Path, where: str = "training") -> RunError:

@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from faceutil import crop, pose, sampleio
 from faceutil.errors import FaceUtilError, SampleError
+from faceutil.progress import progress as progress_bar
 
 CROP_SIZE = 256
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -340,7 +341,7 @@ def process_dataset(input_dir, output_dir, *, bfm: str = "synthetic", full: bool
             else:
                 summary.skipped.append((name, reason))
 
-    bar = _progress(len(todo), progress)
+    bar = progress_bar(total=len(todo), desc="processing", unit="img", enabled=progress)
     try:
         if threads <= 1 or len(chunks) <= 1:
             for c in chunks:
@@ -359,19 +360,3 @@ def process_dataset(input_dir, output_dir, *, bfm: str = "synthetic", full: bool
         _write_index(output_dir, shard, rows)
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-class _NoBar:
-    def update(self, k):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc="processing", dynamic_ncols=True)
