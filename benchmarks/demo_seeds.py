@@ -1,0 +1,141 @@
+"""The README's main command over several seeds (issue 22): `python torchrun.py --demo --seed=S` as a user runs it,
+each seed in its own folder, then one table: NME before/after against the mean face, whether it learned, epochs,
+minutes, and how busy the cores were (the child's CPU time / wall time / cores: below SHARED_BELOW something else
+was running, and its minutes say nothing about speed).
+
+    python -m benchmarks.demo_seeds run --seeds 0 1 2 3 4 [--time-limit 0]   # skips seeds already done
+    python -m benchmarks.demo_seeds report                                    # results/demo.md + demo.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = Path("savedmodel") / "demo-seeds"
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED_BELOW = 0.8          # CPU busy share below this: the cores were shared (a lone demo keeps 2 cores ~0.9 busy)
+GOAL_RATIO, GOAL_MINUTES = 0.4, 7.0
+
+
+def run_seed(seed: int, work: Path, time_limit: float | None) -> dict:
+    """One `torchrun.py --demo` in work/s<seed>; returns and writes work/s<seed>/run.json (wall, CPU share, rc)."""
+    out = work / f"s{seed}"
+    cmd = [sys.executable, str(ROOT / "torchrun.py"), "--demo", f"--seed={seed}", f"--out={out}"]
+    cmd += [] if time_limit is None else [f"--time-limit={time_limit:g}"]
+    out.mkdir(parents=True, exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with open(out / "log.txt", "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    record = {"seed": seed, "command": " ".join(cmd[1:]), "rc": rc, "wall_seconds": round(wall, 1),
+              "cpu_busy": round(cpu / (wall * (os.cpu_count() or 1)), 3),
+              "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    from faceutil.sampleio import atomic_write_bytes
+
+    atomic_write_bytes(out / "run.json", (json.dumps(record, indent=1) + "\n").encode("utf-8"))
+    return record
+
+
+def collect(work: Path) -> list[dict]:
+    """Per seed folder with a demo_summary.json: its summary merged with run.json where that exists."""
+    rows = []
+    for folder in sorted(work.glob("s*"), key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else -1):
+        summary = folder / "demo_summary.json"
+        if not (folder.name[1:].isdigit() and summary.is_file()):
+            continue
+        row = {"seed": int(folder.name[1:]), **json.loads(summary.read_text())}
+        if (folder / "run.json").is_file():
+            row.update(json.loads((folder / "run.json").read_text()))
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| seed | 2D NME untrained | trained | mean face | trained / mean face | learned | epochs | training "
+             "min | whole command min | cores busy |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        busy = r.get("cpu_busy")
+        lines.append(f"| {r['seed']} | {r['nme2d_before']:.2f} | {r['nme2d_after']:.2f} | {r['nme2d_mean_face']:.2f} "
+                     f"| {r['after_over_mean_face']:.3f} | {'yes' if r['learned'] else 'NO'} | {r['epochs_trained']} "
+                     f"| {r['train_seconds'] / 60:.1f} | "
+                     f"{r['wall_seconds'] / 60 if 'wall_seconds' in r else r['total_seconds'] / 60:.1f} | "
+                     + ("–" if busy is None else f"{busy:.2f}" + (" (shared)" if busy < SHARED_BELOW else "")) + " |")
+    return lines
+
+
+def summary_line(rows: list[dict]) -> str:
+    ratios = [r["after_over_mean_face"] for r in rows]
+    after = [r["nme2d_after"] for r in rows]
+    alone = [r for r in rows if r.get("cpu_busy", 0.0) >= SHARED_BELOW]
+    minutes = [r["wall_seconds"] / 60 for r in alone]
+    speed = (f"whole command {min(minutes):.1f}–{max(minutes):.1f} min on {len(alone)} seed(s) run alone"
+             if alone else "no seed ran alone, so no time is claimed")
+    return (f"{len(rows)} seeds: trained 2D NME {min(after):.2f}–{max(after):.2f} % (median "
+            f"{statistics.median(after):.2f} %), {min(ratios):.2f}–{max(ratios):.2f} × the mean face "
+            f"({rows[0]['nme2d_mean_face']:.2f} %); {sum(r['learned'] for r in rows)} of {len(rows)} learned; "
+            f"goal ≤ {GOAL_RATIO} × the mean face {'met' if max(ratios) <= GOAL_RATIO else 'NOT met'} "
+            f"({sum(x <= GOAL_RATIO for x in ratios)} of {len(rows)} seeds within it); {speed}.")
+
+
+def cmd_report(args) -> None:
+    from faceutil.sampleio import atomic_write_bytes
+
+    rows = collect(Path(args.work))
+    if not rows:
+        raise SystemExit(f"No finished demo under {args.work}: run `python -m benchmarks.demo_seeds run` first.")
+    md = ["# The demo over several seeds", "",
+          f"Generated {_dt.datetime.now():%Y-%m-%d %H:%M} by `python -m benchmarks.demo_seeds report` from "
+          f"`{args.work}`. Each seed is the README's command `python torchrun.py --demo --seed=S` "
+          "(commands below); 2D NME on the demo's 40 synthetic AFLW2000-format test faces; the mean face predicts "
+          "the training set's mean position map for every image. 'cores busy': the command's CPU time / wall time / "
+          f"cores; below {SHARED_BELOW} the cores were shared with other jobs and its minutes are not a speed figure.",
+          "", summary_line(rows), ""] + table(rows) + ["", "Commands: " + "; ".join(
+              sorted({f"`{r['command']}`" for r in rows if 'command' in r}) or ["(not recorded)"]), ""]
+    atomic_write_bytes(RESULTS / "demo.md", "\n".join(md).encode("utf-8"))
+    keep = ("seed", "nme2d_before", "nme2d_after", "nme2d_mean_face", "after_over_mean_face", "learned",
+            "epochs_trained", "train_seconds", "total_seconds", "wall_seconds", "cpu_busy", "spread_ratio", "command",
+            "date")
+    atomic_write_bytes(RESULTS / "demo.json", (json.dumps({"summary": summary_line(rows), "runs": [
+        {k: r[k] for k in keep if k in r} for r in rows]}, indent=1) + "\n").encode("utf-8"))
+    print(summary_line(rows))
+
+
+def cmd_run(args) -> None:
+    for seed in args.seeds:
+        if (Path(args.work) / f"s{seed}" / "demo_summary.json").is_file():
+            print(f"seed {seed}: done already")
+            continue
+        record = run_seed(seed, Path(args.work), args.time_limit)
+        print(f"seed {seed}: exit {record['rc']}, {record['wall_seconds'] / 60:.1f} min, cores busy "
+              f"{record['cpu_busy']:.2f}", flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the demo for each seed not done yet")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    r.add_argument("--time-limit", type=float, default=None,
+                   help="minutes passed on as --time-limit (default: the demo's own, 7; 0 lifts it)")
+    rp = sub.add_parser("report", help="write results/demo.md and demo.json")
+    for s in (r, rp):
+        s.add_argument("--work", default=str(WORK))
+    args = p.parse_args(argv)
+    {"run": cmd_run, "report": cmd_report}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
