@@ -26,11 +26,12 @@ SHARED_BELOW = 0.8          # CPU busy share below this: the cores were shared (
 GOAL_RATIO, GOAL_MINUTES = 0.4, 7.0
 
 
-def run_seed(seed: int, work: Path, time_limit: float | None) -> dict:
-    """One `torchrun.py --demo` in work/s<seed>; returns and writes work/s<seed>/run.json (wall, CPU share, rc)."""
+def run_seed(seed: int, work: Path, time_limit: float | None, flags: tuple[str, ...] = ()) -> dict:
+    """One `torchrun.py --demo [flags]` in work/s<seed>; returns and writes work/s<seed>/run.json (wall, CPU share,
+    exit status)."""
     out = work / f"s{seed}"
     cmd = [sys.executable, str(ROOT / "torchrun.py"), "--demo", f"--seed={seed}", f"--out={out}"]
-    cmd += [] if time_limit is None else [f"--time-limit={time_limit:g}"]
+    cmd += ([] if time_limit is None else [f"--time-limit={time_limit:g}"]) + list(flags)
     out.mkdir(parents=True, exist_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -117,7 +118,7 @@ def cmd_run(args) -> None:
         if (Path(args.work) / f"s{seed}" / "demo_summary.json").is_file():
             print(f"seed {seed}: done already")
             continue
-        record = run_seed(seed, Path(args.work), args.time_limit)
+        record = run_seed(seed, Path(args.work), args.time_limit, tuple(args.flags))
         print(f"seed {seed}: exit {record['rc']}, {record['wall_seconds'] / 60:.1f} min, cores busy "
               f"{record['cpu_busy']:.2f}", flush=True)
 
@@ -129,6 +130,7 @@ def main(argv=None) -> int:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     r.add_argument("--time-limit", type=float, default=None,
                    help="minutes passed on as --time-limit (default: the demo's own, 7; 0 lifts it)")
+    r.add_argument("--flags", nargs="*", default=[], help="more torchrun.py flags, e.g. --flags=--warmup=500")
     rp = sub.add_parser("report", help="write results/demo.md and demo.json")
     for s in (r, rp):
         s.add_argument("--work", default=str(WORK))
