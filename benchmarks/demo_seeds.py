@@ -19,9 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import RESULTS_DIR, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path("savedmodel") / "demo-seeds"
-RESULTS = ROOT / "benchmarks" / "results"
 SHARED_BELOW = 0.8          # CPU busy share below this: the cores were shared (a lone demo keeps 2 cores ~0.9 busy)
 GOAL_RATIO, GOAL_MINUTES = 0.4, 7.0
 
@@ -43,9 +44,7 @@ def run_seed(seed: int, work: Path, time_limit: float | None, flags: tuple[str, 
     record = {"seed": seed, "command": " ".join(cmd[1:]), "rc": rc, "wall_seconds": round(wall, 1),
               "cpu_busy": round(cpu / (wall * (os.cpu_count() or 1)), 3),
               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    from faceutil.sampleio import atomic_write_bytes
-
-    atomic_write_bytes(out / "run.json", (json.dumps(record, indent=1) + "\n").encode("utf-8"))
+    write_json(out / "run.json", record)
     return record
 
 
@@ -104,12 +103,12 @@ def cmd_report(args) -> None:
           f"cores; below {SHARED_BELOW} the cores were shared with other jobs and its minutes are not a speed figure.",
           "", summary_line(rows), ""] + table(rows) + ["", "Commands: " + "; ".join(
               sorted({f"`{r['command']}`" for r in rows if 'command' in r}) or ["(not recorded)"]), ""]
-    atomic_write_bytes(RESULTS / "demo.md", "\n".join(md).encode("utf-8"))
+    atomic_write_bytes(RESULTS_DIR / "demo.md", "\n".join(md).encode("utf-8"))
     keep = ("seed", "nme2d_before", "nme2d_after", "nme2d_mean_face", "after_over_mean_face", "learned",
             "epochs_trained", "train_seconds", "total_seconds", "wall_seconds", "cpu_busy", "spread_ratio", "command",
             "date")
-    atomic_write_bytes(RESULTS / "demo.json", (json.dumps({"summary": summary_line(rows), "runs": [
-        {k: r[k] for k in keep if k in r} for r in rows]}, indent=1) + "\n").encode("utf-8"))
+    write_json(RESULTS_DIR / "demo.json", {"summary": summary_line(rows), "runs": [
+        {k: r[k] for k in keep if k in r} for r in rows]})
     print(summary_line(rows))
 
 

@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import escape
+from benchmarks.convergence import diagnostics
+from benchmarks.escape import harness
+from benchmarks.escape import report as escape_report
 
 
 def _record(ratios, spreads, seed=0, **change) -> dict:
-    spec = {**escape.DEFAULTS, **change, "seed": seed}
+    spec = {**harness.DEFAULTS, **change, "seed": seed}
     log = [[10 * (i + 1), r, s] for i, (r, s) in enumerate(zip(ratios, spreads))]
     blocks = [{"step": 50, "encoder": [0.9, 1e-2, 1e-3, 1.0], "decoder.3": [0.5, 1e-3, 2e-3, 0.5],
                "decoder.8": [0.1, 1e-4, 3e-3, 0.2]}]
@@ -21,39 +23,39 @@ def _record(ratios, spreads, seed=0, **change) -> dict:
 
 
 def test_names_and_sets():
-    assert escape.run_name(escape.DEFAULTS) == "e2tkface-aligned"
-    assert escape.run_name({**escape.DEFAULTS, "seed": 3, "optimizer": "adamw"}) == \
+    assert harness.run_name(harness.DEFAULTS) == "e2tkface-aligned"
+    assert harness.run_name({**harness.DEFAULTS, "seed": 3, "optimizer": "adamw"}) == \
         "e2tkface-aligned__optimizer=adamw__seed=3"
-    assert escape.run_name({**escape.DEFAULTS, "model": "prnet"}) == "prnet"
-    assert all(len(escape.SETS[name]) == 8 for name in ("baseline", "adamw", "wd0", "warmup500", "adamw-threads2"))
-    networks = escape.specs_of("adamw-networks")
-    assert len(networks) == 16 and {escape.change_of(s) for s in networks} == {"adamw-study"}
-    assert {escape.change_of(s) for s in escape.specs_of("adamw-sizes")} == {"adamw-64px", "adamw-256px"}
-    assert escape.change_of({**escape.DEFAULTS, "seed": 5, "warmup": 500, "steps": 700}) == "warmup500"
-    assert escape.change_of({**escape.DEFAULTS, "seed": 5, "lr": 1e-3}) == "e2tkface-aligned__lr=0.001"
+    assert harness.run_name({**harness.DEFAULTS, "model": "prnet"}) == "prnet"
+    assert all(len(harness.SETS[name]) == 8 for name in ("baseline", "adamw", "wd0", "warmup500", "adamw-threads2"))
+    networks = harness.specs_of("adamw-networks")
+    assert len(networks) == 16 and {escape_report.change_of(s) for s in networks} == {"adamw-study"}
+    assert {escape_report.change_of(s) for s in harness.specs_of("adamw-sizes")} == {"adamw-64px", "adamw-256px"}
+    assert escape_report.change_of({**harness.DEFAULTS, "seed": 5, "warmup": 500, "steps": 700}) == "warmup500"
+    assert escape_report.change_of({**harness.DEFAULTS, "seed": 5, "lr": 1e-3}) == "e2tkface-aligned__lr=0.001"
 
 
 def test_verdict_and_step_left():
     stayed = _record([1.0] * 30, [0.05] * 30)
     left = _record([1.0] * 10 + [0.5] * 20, [0.1] * 10 + [0.3, 0.1] + [0.4] * 18)
-    assert not escape.left_mean(stayed) and escape.step_left(stayed) is None
-    assert escape.left_mean(left)
-    assert escape.step_left(left) == 130          # 0.3 at step 110 dropped back to 0.1 at 120: stays from 130
+    assert not harness.left_mean(stayed) and harness.step_left(stayed) is None
+    assert harness.left_mean(left)
+    assert harness.step_left(left) == 130          # 0.3 at step 110 dropped back to 0.1 at 120: stays from 130
     borderline = _record([0.95] * 25 + [0.89] * 5, [0.3] * 30)
-    assert escape.left_mean(borderline)           # the mean of the last 5 logged windows decides
+    assert harness.left_mean(borderline)           # the mean of the last 5 logged windows decides
 
 
 def test_summary_and_tables():
-    runs = [escape.summarise(_record([1.0] * 30, [0.05] * 30, seed=s)) for s in (0, 1)]
-    runs += [escape.summarise(_record([0.5] * 30, [0.5] * 30, seed=s, optimizer="adamw")) for s in (0, 1, 2)]
+    runs = [escape_report.summarise(_record([1.0] * 30, [0.05] * 30, seed=s)) for s in (0, 1)]
+    runs += [escape_report.summarise(_record([0.5] * 30, [0.5] * 30, seed=s, optimizer="adamw")) for s in (0, 1, 2)]
     assert runs[0]["groups"]["decoder 0-6 (to 32 px)"] == [[50, 0.5, 1e-3, 2e-3, 0.5]]
-    rows = escape.table(runs, 18.8)
+    rows = escape_report.table(runs, 18.8)
     base = next(r for r in rows if r.startswith("| baseline"))
     adamw = next(r for r in rows if r.startswith("| adamw"))
     assert "| 0 / 2 |" in base and "| 10.00–11.00 % |" in base
     assert "| 3 / 3 | 10 (10) | 10.00–12.00 % | – |" in adamw
     assert rows[-1] == "The mean face scores 18.80 % on the same test images."
-    mech = escape.mechanism(runs, steps=(50, 100))
+    mech = escape_report.mechanism(runs, steps=(50, 100))
     assert "| decoder 7-15 (64-128 px) | stayed (2) | 0.10 / 1e-04 / 3e-03 / 0.20 | – | – |" in mech
     assert "| decoder 7-15 (64-128 px) | left (3) | 0.10 / 1e-04 / 3e-03 / 0.20 | – | – |" in mech
 
@@ -62,10 +64,10 @@ def test_between_image_share_of_known_tensors():
     import torch
 
     same = torch.randn(1, 4, 8, 8).expand(6, 4, 8, 8)
-    assert escape.between_image_share(same) == pytest.approx(0.0, abs=1e-6)
+    assert diagnostics.between_image_share(same) == pytest.approx(0.0, abs=1e-6)
     flat = torch.randn(6, 4, 1, 1).expand(6, 4, 8, 8)               # images differ, no pattern in space
     # unbiased variances: 5 degrees of freedom between the images, 383 over images and positions
-    assert escape.between_image_share(flat) == pytest.approx((1 / 5) / (64 / 383), rel=1e-4)
+    assert diagnostics.between_image_share(flat) == pytest.approx((1 / 5) / (64 / 383), rel=1e-4)
 
 
 def test_weight_norm_counts_conv_weights_only():
@@ -78,25 +80,25 @@ def test_weight_norm_counts_conv_weights_only():
     with torch.no_grad():
         bn.weight.fill_(5.0)
     expected = float(conv.weight.square().sum()) ** 0.5
-    assert escape.weight_norm(torch.nn.Sequential(conv, bn)) == pytest.approx(expected, rel=1e-6)
+    assert harness.weight_norm(torch.nn.Sequential(conv, bn)) == pytest.approx(expected, rel=1e-6)
     space = gspaces.Rot2dOnR2(4)
     field = enn.FieldType(space, [space.regular_repr])
     steerable = enn.R2Conv(field, field, 3)
     expected = float(steerable.weights.square().sum()) ** 0.5
-    assert expected > 0 and escape.weight_norm(steerable) == pytest.approx(expected, rel=1e-6)
-    assert np.isnan(escape.norm_ratio(1.0, 0.0)) and escape.norm_ratio(1.0, 4.0) == 0.25
+    assert expected > 0 and harness.weight_norm(steerable) == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(harness.norm_ratio(1.0, 0.0)) and harness.norm_ratio(1.0, 4.0) == 0.25
 
 
 @pytest.mark.slow
 def test_a_short_run_writes_its_record(tmp_path):
     """Four steps of the real harness at 64 px: the record has the logged rows, the blocks and a finite NME."""
-    from benchmarks.convergence import study_data
+    from benchmarks.study_data import study_data
     from data.dataset import AFLWEvalSet
 
     train_root, test_raw = study_data()
     test = AFLWEvalSet(test_raw)
-    spec = {**escape.DEFAULTS, "input_size": 64, "steps": 50, "warmup": 10, "schedule_steps": 60}
-    record = escape.run(spec, train_root, [test[i] for i in range(4)], tmp_path / "w.pt")
+    spec = {**harness.DEFAULTS, "input_size": 64, "steps": 50, "warmup": 10, "schedule_steps": 60}
+    record = harness.run(spec, train_root, [test[i] for i in range(4)], tmp_path / "w.pt")
     assert [row[0] for row in record["log"]] == [10, 20, 30, 40, 50] and record["blocks"][0]["step"] == 50
     assert np.isfinite(record["nme2d"]) and (tmp_path / "w.pt").is_file()
     ratios = {name: values[3] for name, values in record["blocks"][0].items() if name != "step"}

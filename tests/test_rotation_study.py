@@ -1,4 +1,4 @@
-"""benchmarks/rotation_study.py: test-set rotation, NME after rotation, the no-rotation augmentation, the report."""
+"""benchmarks/rotation_study/: test-set rotation, NME after rotation, the no-rotation augmentation, the report."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import rotation_study as rs
+from benchmarks.rotation_study import __main__ as cli
+from benchmarks.rotation_study import analysis, design, harness
+from benchmarks.rotation_study import report as study_report
+from benchmarks.rotation_study import runs as run_files
 from faceutil.crop import crop_similarity
 
 
@@ -30,7 +33,7 @@ def _centroid(image: np.ndarray) -> np.ndarray:
 def test_rotate_crop_moves_a_dot_where_the_landmark_goes(angle):
     point = np.array([[181.3, 64.7, 12.0]])
     image = _blob_image(*point[0, :2])
-    rotated, moved, sim = rs.rotate_crop(image, point, angle)
+    rotated, moved, sim = harness.rotate_crop(image, point, angle)
     assert rotated.shape == image.shape and rotated.dtype == np.uint8
     assert np.linalg.norm(_centroid(rotated) - moved[0, :2]) < 1.0
     assert moved[0, 2] == pytest.approx(12.0)                      # depth untouched (scale 1)
@@ -84,27 +87,27 @@ def test_exact_prediction_on_a_rotated_crop_scores_zero(angle):
     from faceutil.crop import Similarity
 
     items, kpt = _items(), _kpt_ind()
-    data = rs.RotatedEvalSet(items, angle)
+    data = harness.RotatedEvalSet(items, angle)
     # the truth as it appears in the rotated crop: rotate the crop-pixel landmarks with rotate_crop
     exact = []
     for it in items:
         crop_pts = Similarity(it["matrix"].numpy()).apply(it["pt3d_68"].numpy())
-        exact.append(rs.rotate_crop(np.zeros((256, 256, 3), np.uint8), crop_pts, angle)[1])
+        exact.append(harness.rotate_crop(np.zeros((256, 256, 3), np.uint8), crop_pts, angle)[1])
     report = evaluate_model(_Oracle(exact, kpt), data, kpt, None, "cpu", batch_size=4)
     assert np.all(report.nme2d < 1e-3)
     if angle:  # the unrotated landmarks are wrong on a rotated crop: the rotation really is applied
         unrotated = [Similarity(it["matrix"].numpy()).apply(it["pt3d_68"].numpy()) for it in items]
-        wrong = evaluate_model(_Oracle(unrotated, kpt), rs.RotatedEvalSet(items, angle), kpt, None, "cpu", 4)
+        wrong = evaluate_model(_Oracle(unrotated, kpt), harness.RotatedEvalSet(items, angle), kpt, None, "cpu", 4)
         assert np.all(wrong.nme2d > 5.0)
-    bins = rs.evaluate_angles(_Oracle(exact * 1, kpt), items, kpt, "cpu", 4, angles=(angle,))[angle]["bins"]
+    bins = harness.evaluate_angles(_Oracle(exact * 1, kpt), items, kpt, "cpu", 4, angles=(angle,))[angle]["bins"]
     assert bins["counts"] == {"|yaw|<=30": 2, "30<|yaw|<=60": 2, "|yaw|>60": 2}
 
 
 def test_rotated_item_image_and_matrix_agree():
     item = _items(1)[0]
     image = (item["image"].numpy().transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
-    got = rs.RotatedEvalSet([item], 60)[0]
-    want, _, sim = rs.rotate_crop(image, np.zeros((0, 2)), 60)
+    got = harness.RotatedEvalSet([item], 60)[0]
+    want, _, sim = harness.rotate_crop(image, np.zeros((0, 2)), 60)
     assert np.array_equal((got["image"].numpy().transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8), want)
     assert np.allclose(got["matrix"].numpy(), sim.matrix @ item["matrix"].numpy())
     assert "posmap" not in got and got["name"] == "s0"
@@ -112,7 +115,7 @@ def test_rotated_item_image_and_matrix_agree():
 
 SETTINGS = {"steps": 3, "batch": 2, "lr": 5e-4, "warmup": 1, "weight_decay": 2e-4, "width_mult": 0.5, "size": 128,
             "head": "mean-residual", "topk": 1, "precision": "bf16", "train_count": 4, "test_count": 5,
-            "data_seed": 0, "angles": list(rs.ANGLES)}
+            "data_seed": 0, "angles": list(design.ANGLES)}
 BASE0 = 20.0                                          # mean-face NME at 0 deg; a run counts at <= 10 %
 
 
@@ -126,7 +129,7 @@ def _nme(values: dict) -> dict:
 
 
 def _run(label: str, rotation: bool, seed: int, slope: float, base: float = 5.0, negatives: bool = False) -> dict:
-    angles = list(rs.ANGLES) + ([-a for a in rs.ANGLES if 0 < a < 180] if negatives else [])
+    angles = list(design.ANGLES) + ([-a for a in design.ANGLES if 0 < a < 180] if negatives else [])
     name = "prnet" if label == "PRNet" else "e2tkface"
     return {"label": label, "model": name, "kwargs": {}, "rotation": rotation, "seed": seed, "settings": SETTINGS,
             "facts": {"train_seconds": 60.0, "eval_seconds": 6.0, "steps": 3},
@@ -135,18 +138,18 @@ def _run(label: str, rotation: bool, seed: int, slope: float, base: float = 5.0,
 
 
 def _baseline() -> dict:
-    return {"kind": "baseline", "settings": SETTINGS, "nme": _nme({a: BASE0 + 0.01 * abs(a) for a in rs.ANGLES}),
+    return {"kind": "baseline", "settings": SETTINGS, "nme": _nme({a: BASE0 + 0.01 * abs(a) for a in design.ANGLES}),
             "facts": {"seconds": 12.0}, "command": "c", "date": "2026-12-03 19:00 UTC", "machine": "m"}
 
 
 def _fake_runs(cnn_better: bool) -> list:
     runs = []
     for seed in (0, 1):
-        for label, _, _ in rs.MODELS:
+        for label, _, _ in design.MODELS:
             for rotation in (True, False):
-                slope = 0.01 if label in rs.EQUIVARIANT else 0.05
+                slope = 0.01 if label in design.EQUIVARIANT else 0.05
                 if cnn_better:
-                    slope = 0.05 if label in rs.EQUIVARIANT else 0.01
+                    slope = 0.05 if label in design.EQUIVARIANT else 0.01
                 runs.append(_run(label, rotation, seed, slope, negatives=label == "PRNet"))
     return runs
 
@@ -154,9 +157,9 @@ def _fake_runs(cnn_better: bool) -> list:
 def _write_dir(folder, runs, baseline=True):
     folder.mkdir(parents=True, exist_ok=True)
     for r in runs:
-        rs.write_run(folder / rs.run_filename(r["label"], r["rotation"], r["seed"]), r)
+        run_files.write_run(folder / run_files.run_filename(r["label"], r["rotation"], r["seed"]), r)
     if baseline:
-        rs.write_run(folder / rs.BASELINE_FILE, _baseline())
+        run_files.write_run(folder / run_files.BASELINE_FILE, _baseline())
     return folder
 
 
@@ -174,7 +177,7 @@ def _tables(text: str) -> list[list[list[str]]]:
 
 
 def _report(tmp_path, runs) -> str:
-    result = rs.write_from_runs([_write_dir(tmp_path / "runs", runs)], tmp_path / "out")
+    result = study_report.write_from_runs([_write_dir(tmp_path / "runs", runs)], tmp_path / "out")
     return result["markdown"].read_text()
 
 
@@ -187,9 +190,9 @@ def test_report_tables_numbers_and_verdict(tmp_path, cnn_better):
         assert len({len(r) for r in table}) == 1                    # every row has the header's column count
         assert all(re.fullmatch(r"-+", c) for c in table[1])
     angle_table = tables[0]
-    assert len(angle_table) == 3 + 2 * len(rs.MODELS)               # + the mean-face reference row
+    assert len(angle_table) == 3 + 2 * len(design.MODELS)               # + the mean-face reference row
     header = angle_table[0]
-    assert header[3:3 + len(rs.ANGLES)] == [f"{a}°" + ("*" if a in (90, 180) else "") for a in rs.ANGLES]
+    assert header[3:3 + len(design.ANGLES)] == [f"{a}°" + ("*" if a in (90, 180) else "") for a in design.ANGLES]
     row = next(r for r in angle_table if r[0] == "E2TKFace faithful" and r[1] == "no rotation")
     assert row[2] == "2/2"
     m, s = (float(v) for v in row[3].split("±"))                    # 0 deg: 5.0 and 5.1 over the two seeds
@@ -250,18 +253,18 @@ def test_augmentation_gap_closure_is_computed_from_the_numbers(tmp_path):
 def test_run_files_round_trip_and_bad_ones_are_named_and_skipped(tmp_path):
     runs = _fake_runs(False)[:3]
     folder = _write_dir(tmp_path / "runs", runs)
-    back = rs.read_run(folder / rs.run_filename(runs[0]["label"], runs[0]["rotation"], runs[0]["seed"]))
+    back = run_files.read_run(folder / run_files.run_filename(runs[0]["label"], runs[0]["rotation"], runs[0]["seed"]))
     assert back["nme"][90]["mean"] == runs[0]["nme"][90]["mean"] and back["settings"] == SETTINGS
     (folder / "broken.json").write_text('{"label": "PRNet", "nme": {')
     (folder / "no_angle_zero.json").write_text(json.dumps({**runs[0], "nme": {"90": runs[0]["nme"][90]}}))
-    got, baseline, problems = rs.collect_runs([folder, tmp_path / "missing.json"])
+    got, baseline, problems = run_files.collect_runs([folder, tmp_path / "missing.json"])
     assert len(got) == 3 and baseline is not None
     assert len(problems) == 3
     assert any("broken.json" in p for p in problems) and any("no_angle_zero.json" in p for p in problems)
     assert any("missing.json does not exist" in p for p in problems)
     # the same run twice (two folders) is named and counted once
     _write_dir(tmp_path / "again", runs[:1], baseline=False)
-    got, _, problems = rs.collect_runs([folder, tmp_path / "again"])
+    got, _, problems = run_files.collect_runs([folder, tmp_path / "again"])
     assert len(got) == 3 and any("repeats the run" in p for p in problems)
 
 
@@ -270,13 +273,13 @@ def test_merge_combines_folders_and_refuses_other_settings(tmp_path, capsys):
     half = {"E2TKFace faithful", "E2TKFace aligned"}
     a = _write_dir(tmp_path / "a", [r for r in runs if r["label"] in half])
     b = _write_dir(tmp_path / "b", [r for r in runs if r["label"] not in half], baseline=False)
-    result = rs.main(["--merge", str(a), str(b), "--out", str(tmp_path / "all")])
+    result = cli.main(["--merge", str(a), str(b), "--out", str(tmp_path / "all")])
     assert len(result["runs"]) == len(runs)
-    assert len(_tables((tmp_path / "all" / "rotation.md").read_text())[0]) == 3 + 2 * len(rs.MODELS)
+    assert len(_tables((tmp_path / "all" / "rotation.md").read_text())[0]) == 3 + 2 * len(design.MODELS)
     other = dict(runs[0], settings={**SETTINGS, "steps": 99})
     _write_dir(tmp_path / "c", [other], baseline=False)
     with pytest.raises(SystemExit) as err:
-        rs.main(["--merge", str(a), str(tmp_path / "c"), "--out", str(tmp_path / "x")])
+        cli.main(["--merge", str(a), str(tmp_path / "c"), "--out", str(tmp_path / "x")])
     message = str(err.value)
     assert "different settings" in message and "steps 99 against 3" in message and "\n" not in message
 
@@ -292,11 +295,11 @@ def test_resume_skips_finished_runs_and_refuses_a_folder_of_other_settings(tmp_p
         calls.append((name, kwargs.get("encoder"), rotation, seed))
         return MeanPosmapModel(train_root), {"steps": settings["steps"], "train_seconds": 1.0}
 
-    monkeypatch.setattr(rs, "train_model", fake_train)
+    monkeypatch.setattr(harness, "train_model", fake_train)
     argv = ["--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--work", str(tmp_path / "data"),
             "--train-count", "8", "--test-count", "3", "--steps", "5", "--angles", "0", "90",
             "--models", "PRNet", "E2TKFace CNN", "--negative-models", "PRNet"]
-    first = rs.main(argv)
+    first = cli.main(argv)
     assert len(calls) == 2 * 2 * 2 and len(first["runs"]) == 8
     prnet = next(r for r in first["runs"] if r["label"] == "PRNet")
     assert sorted(prnet["nme"]) == [-90, 0, 90]
@@ -305,11 +308,11 @@ def test_resume_skips_finished_runs_and_refuses_a_folder_of_other_settings(tmp_p
     # the stub IS the mean face: NME equal to the reference at every angle, so no run counts
     assert all(r["nme"][0]["mean"] == pytest.approx(first["baseline"]["nme"][0]["mean"]) for r in first["runs"])
     assert "No run counts yet" in first["markdown"].read_text()
-    (tmp_path / "runs" / rs.run_filename("PRNet", True, 1)).write_text("{")       # corrupt: trained again
-    second = rs.main(argv)
+    (tmp_path / "runs" / run_files.run_filename("PRNet", True, 1)).write_text("{")       # corrupt: trained again
+    second = cli.main(argv)
     assert len(calls) == 9 and len(second["runs"]) == 8
     with pytest.raises(SystemExit) as err:
-        rs.main([a if a != "5" else "6" for a in argv])
+        cli.main([a if a != "5" else "6" for a in argv])
     assert "other settings (steps 6 against 5 there)" in str(err.value)
 
 
@@ -317,24 +320,24 @@ def test_arguments_refuse_unsafe_or_crashing_settings():
     for bad in (["--smoke"], ["--width-mult", "0.25"], ["--seeds", "0"], ["--seeds", "1", "1"],
                 ["--angles", "30", "60"], ["--angles", "0", "200"], ["--size", "100"], ["--warmup", "-1"]):
         with pytest.raises(SystemExit):
-            rs.parse_args(bad + (["--out", "/tmp/x"] if bad != ["--smoke"] else []))
-    args = rs.parse_args(["--smoke", "--out", "/tmp/x"])
-    assert args.steps == rs.SMOKE["steps"] and args.width_mult == rs.MIN_WIDTH
-    assert rs.parse_args(["--size", "128", "--out", "/tmp/x"]).topk == 1
-    assert rs.model_kwargs("prnet", {}, 0.5) == {"input_size": 256, "head": "mean-residual"}
-    assert rs.model_kwargs("e2tkface", {"encoder": "cnn"}, 0.5, size=128, head="published") == \
+            cli.parse_args(bad + (["--out", "/tmp/x"] if bad != ["--smoke"] else []))
+    args = cli.parse_args(["--smoke", "--out", "/tmp/x"])
+    assert args.steps == cli.SMOKE["steps"] and args.width_mult == design.MIN_WIDTH
+    assert cli.parse_args(["--size", "128", "--out", "/tmp/x"]).topk == 1
+    assert harness.model_kwargs("prnet", {}, 0.5) == {"input_size": 256, "head": "mean-residual"}
+    assert harness.model_kwargs("e2tkface", {"encoder": "cnn"}, 0.5, size=128, head="published") == \
         {"encoder": "cnn", "width_mult": 0.5, "topk": 4, "input_size": 128, "head": "published"}
 
 
 @pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path):
-    result = rs.main(["--smoke", "--out", str(tmp_path)])
-    assert len(result["runs"]) == 2 * 2 * len(rs.MODELS)
+    result = cli.main(["--smoke", "--out", str(tmp_path)])
+    assert len(result["runs"]) == 2 * 2 * len(design.MODELS)
     assert (tmp_path / "rotation.md").is_file() and (tmp_path / "rotation.png").is_file()
-    assert all(np.isfinite(r["nme"][a]["mean"]) for r in result["runs"] for a in rs.SMOKE["angles"])
+    assert all(np.isfinite(r["nme"][a]["mean"]) for r in result["runs"] for a in cli.SMOKE["angles"])
     assert "mean face (constant, reference)" in (tmp_path / "rotation.md").read_text()
     assert all(r["facts"]["device"] == "cpu" and r["facts"]["cpu_seconds"] > 0 and r["facts"]["run_seconds"] > 0
-               and rs.cpu_busy(r) > 0 for r in result["runs"])
+               and analysis.cpu_busy(r) > 0 for r in result["runs"])
 
 
 def test_contention_is_read_from_process_cpu_time():
@@ -344,13 +347,13 @@ def test_contention_is_read_from_process_cpu_time():
     alone["facts"].update(cpu_seconds=180.0, run_seconds=100.0, threads=2, device="cpu")       # 0.90
     shared["facts"].update(cpu_seconds=100.0, run_seconds=125.0, threads=2, device="cpu")      # 0.40
     cuda["facts"].update(cpu_seconds=10.0, run_seconds=100.0, threads=2, device="cuda:0")
-    assert rs.cpu_busy(alone) == pytest.approx(0.9) and rs.cpu_busy(shared) == pytest.approx(0.4)
-    assert rs.cpu_busy(cuda) is None and rs.cpu_busy(old) is None
-    text = rs.contention_sentence([alone, shared, cuda, old])
+    assert analysis.cpu_busy(alone) == pytest.approx(0.9) and analysis.cpu_busy(shared) == pytest.approx(0.4)
+    assert analysis.cpu_busy(cuda) is None and analysis.cpu_busy(old) is None
+    text = analysis.contention_sentence([alone, shared, cuda, old])
     assert "recorded for 2 of 4 runs, 0.40–0.90" in text and "prnet_rot_seed0.json (0.40)" in text
     assert "prnet_norot_seed0" not in text
-    assert "none below" in rs.contention_sentence([alone, cuda])
-    assert "not recorded" in rs.contention_sentence([old])
+    assert "none below" in analysis.contention_sentence([alone, cuda])
+    assert "not recorded" in analysis.contention_sentence([old])
 
 
 def test_one_seed_gives_no_verdict(tmp_path):
@@ -363,14 +366,14 @@ def test_one_seed_gives_no_verdict(tmp_path):
 def test_encoder_equivariance_is_measured_not_assumed():
     """The aligned encoder is exactly quarter-turn equivariant by construction; the faithful (stride-2 grid) and the
     plain CNN are not: the report's sentence must show that difference."""
-    errors = rs.encoder_equivariance(rs.MIN_WIDTH, 64)
+    errors = analysis.encoder_equivariance(design.MIN_WIDTH, 64)
     assert errors["E2TKFace aligned"] == (0.0, 0.0)
     assert min(errors["E2TKFace faithful"]) > 0.01 and min(errors["E2TKFace CNN"]) > 0.01
-    assert "E2TKFace aligned 0.000 / 0.000" in rs.equivariance_sentence(errors, 64)
+    assert "E2TKFace aligned 0.000 / 0.000" in study_report.equivariance_sentence(errors, 64)
 
 
 def test_report_note_reaches_the_runs_line(tmp_path):
-    result = rs.write_from_runs([_write_dir(tmp_path / "runs", _fake_runs(False))], tmp_path / "out",
+    result = study_report.write_from_runs([_write_dir(tmp_path / "runs", _fake_runs(False))], tmp_path / "out",
                                 note="SUPERSEDED: an older recipe")
     runs_line = next(line for line in result["markdown"].read_text().splitlines() if line.startswith("- Runs:"))
     assert runs_line.endswith("— SUPERSEDED: an older recipe")

@@ -1,0 +1,103 @@
+"""Learning curves: one network trained on the whole synthetic training set with the toolkit's own training loop
+(engine.train.run_training), its 2D NME on the synthetic test set every few minutes of training time beside the
+mean face's. Resumable: a checkpoint after every epoch, and curve.json gains each point as it is measured. Owns the
+curve settings (CURVE_DEFAULTS) and the runner."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+
+from benchmarks.common import machine_line, write_json
+from benchmarks.convergence.probes import probe_name
+from benchmarks.study_data import evaluate_nme, study_data
+
+CURVE_DEFAULTS = {"model": "e2tkface", "encoder": "aligned", "width_mult": 0.5, "input_size": 128,
+                  "head": "mean-residual", "lr": 1e-4, "warmup": 0, "schedule": "exp", "lr_decay": 0.8,
+                  "decay_norm_bias": True, "epochs": 100, "minutes": 60.0, "batch": 16, "precision": "bf16",
+                  "augment": True, "rotation": False, "seed": 0, "eval_minutes": 3.0, "train_count": 800}
+
+
+def curve_config(spec: dict, train_root: Path, run_dir: Path, time_limit: float):
+    """The toolkit Config of a learning-curve run (the real training loop, engine.train.run_training)."""
+    from config import Config
+
+    return Config(train=True, test=False, train_dir=str(train_root), model=spec["model"], encoder=spec["encoder"],
+                  model_kwargs={"width_mult": spec["width_mult"]} if spec["model"] == "e2tkface" else {},
+                  head=spec["head"], input_size=spec["input_size"], epochs=spec["epochs"], batch_size=spec["batch"],
+                  lr=spec["lr"], warmup_steps=spec["warmup"], lr_schedule=spec["schedule"],
+                  lr_decay=spec["lr_decay"], decay_norm_bias=spec["decay_norm_bias"], augment=spec["augment"],
+                  augment_rotation=spec["rotation"], precision=spec["precision"], seed=spec["seed"], device="cpu",
+                  num_workers=0, out=str(run_dir), progress=False, bfm="synthetic", time_limit=time_limit,
+                  resume="auto" if (run_dir / "last.pth").is_file() else None)
+
+
+def cmd_curve(args) -> None:
+    """One learning curve: train with run_training, evaluate test NME every --eval-minutes of training time."""
+    import torch
+
+    from data.dataset import AFLWEvalSet
+    from engine.checkpoint import load_checkpoint
+    from engine.evaluate import MeanPosmapModel
+    from engine.loading import load_network
+    from engine.train import run_training
+    from faceutil.uv import uv_layout
+
+    torch.set_num_threads(args.threads)
+    spec = {**CURVE_DEFAULTS, **json.loads(args.spec)}
+    unknown = sorted(set(spec) - set(CURVE_DEFAULTS))
+    if unknown:
+        raise SystemExit(f"unknown curve settings {unknown}; the settings are {sorted(CURVE_DEFAULTS)}")
+    label = args.label or probe_name(spec).replace("e2tkface", "e2tkface-" + spec["encoder"])
+    folder = Path(args.out) / "curves" / label
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "curve.json"
+    train_root, _ = study_data(spec["train_count"])
+    _, test_raw = study_data()                      # the same 120 test images whatever the training-set size
+    kpt_ind = uv_layout("synthetic").kpt_ind
+    test = AFLWEvalSet(test_raw)
+    items = [test[i] for i in range(len(test))]
+    curve = json.loads(path.read_text()) if path.is_file() else None
+    if curve is not None and not args.resume:
+        raise SystemExit(f"{path} exists: pass --resume to continue that run, or another --label.")
+    if curve is not None and curve["spec"] != spec:
+        raise SystemExit(f"{path} was made with other settings ({curve['spec']}); use another --label.")
+    if curve is None:
+        curve = {"spec": spec, "label": label, "points": [], "machine": machine_line("cpu"),
+                 "started": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                 "mean_face_nme2d": evaluate_nme(MeanPosmapModel(train_root), items, kpt_ind)}
+        write_json(path, curve)
+    run_dir = folder / "run"
+    spent = sum(p_["train_seconds"] for p_ in curve["points"]) / 60.0 if curve["points"] else 0.0
+    history = []
+    if (run_dir / "last.pth").is_file():
+        history = load_checkpoint(run_dir / "last.pth").get("history", [])
+        spent = sum(h.get("train_seconds", 0.0) for h in history) / 60.0
+    if spent >= spec["minutes"] or (history and history[-1]["epoch"] >= spec["epochs"]):
+        print(f"{label}: done ({spent:.1f} training minutes)", flush=True)
+        return
+    if history and (not curve["points"] or curve["points"][-1]["epoch"] < history[-1]["epoch"]):
+        model = load_network(run_dir / "last.pth", export=False).module   # killed between checkpoint and curve point
+        _add_point(curve, path, model, history[-1], spent, items, kpt_ind)
+    state = {"minutes": spent, "next": (math.floor(spent / spec["eval_minutes"]) + 1) * spec["eval_minutes"]}
+
+    def on_epoch(model, record):
+        state["minutes"] += record["train_seconds"] / 60.0
+        last = state["minutes"] >= spec["minutes"] or record["epoch"] >= spec["epochs"] or record.get("stopped_early")
+        if state["minutes"] >= state["next"] or last:
+            _add_point(curve, path, model, record, state["minutes"], items, kpt_ind)
+            state["next"] = (math.floor(state["minutes"] / spec["eval_minutes"]) + 1) * spec["eval_minutes"]
+
+    run_training(curve_config(spec, train_root, run_dir, spec["minutes"] - spent), on_epoch=on_epoch)
+
+
+def _add_point(curve: dict, path: Path, model, record: dict, minutes: float, items, kpt_ind) -> None:
+    nme2d = evaluate_nme(model, items, kpt_ind)
+    curve["points"].append({"epoch": record["epoch"], "step": record.get("step"), "minutes": round(minutes, 2),
+                            "train_loss": record["train_loss"], "val_loss": record.get("val_loss"),
+                            "nme2d": nme2d, "train_seconds": record.get("train_seconds", 0.0)})
+    curve["updated"] = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    write_json(path, curve)
+    print(f"{curve['label']}: {minutes:.1f} min, epoch {record['epoch']}: test 2D NME {nme2d:.2f} % "
+          f"(mean face {curve['mean_face_nme2d']:.2f} %)", flush=True)
