@@ -177,7 +177,7 @@ class Config:
     gt: str = "original"
     gt_file: str | None = None
     export: bool = True
-    # inference jobs (engine.predict / engine.export)
+    # inference jobs (inference.predict / inference.export)
     predict: str | None = None
     bbox: str | None = None
     any_roll: bool = False

@@ -1,7 +1,9 @@
-"""Command line for training, evaluation and the demo (original PRNet/E2TKFace flags and readable long names).
+"""Command line for training, evaluation, the demo, prediction and export (original PRNet/E2TKFace flags and readable
+long names).
 
-Thin layer: parse flags into config.Config, then call engine.train / engine.evaluate / engine.demo. Every error a
-user can cause ends as one sentence on stderr with a non-zero exit code.
+Thin layer: parse flags into config.Config, then call engine.train / engine.demo (training) or inference.backends /
+inference.export / inference.predict_job (saved networks). Every error a user can cause ends as one sentence on
+stderr with a non-zero exit code.
 """
 from __future__ import annotations
 
@@ -41,15 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         if not info_from_env().is_main:         # under PyTorch's launcher only rank 0 goes on after training
             return 0
         if config.test:
-            from engine.evaluate import run_evaluation
+            from inference.backends import run_test
 
-            run_evaluation(config, checkpoint=checkpoint or config.load_model_path)
+            run_test(config, checkpoint=checkpoint or config.load_model_path)
         if config.export_format:
-            from engine.export import run_export
+            from inference.export import run_export
 
             run_export(config, checkpoint=checkpoint)
         if config.predict:
-            from engine.predict_job import run_predict
+            from inference.predict_job import run_predict
 
             run_predict(config, checkpoint=checkpoint)
     except (ConfigError, RunError, FaceUtilError) as err:

@@ -8,7 +8,7 @@ Randomly initialised full-size models (latency does not depend on the weights; t
 random images, which sets their ranges but not their speed). Each variant: warm-up calls, then the median of
 --repeats timed calls on the same (1, 3, 256, 256) input, round-robin; torch and onnxruntime get the same thread
 count. The video: --frames frames of the public-domain astronaut photo (../shared/data) moved a few pixels per frame,
-Haar detection on every frame, through engine.predict_job.predict_video (crop, network, geometry, overlay, mp4v
+Haar detection on every frame, through inference.predict_job.predict_video (crop, network, geometry, overlay, mp4v
 writing).
 Usage: python benchmarks/predict.py [--repeats 10] [--threads 2,1] [--frames 16] [--out benchmarks/results/predict.md]
                                   [--checkpoint CKPT --test-dir AFLW2000_FOLDER --calibration-dir TRAIN_FOLDER]
@@ -68,8 +68,8 @@ def latency_rows(repeats: int, threads: int, work: Path) -> list[dict]:
     import onnxruntime as ort
     import torch
 
-    from engine.export import export_onnx
-    from engine.backends import TorchBackend
+    from inference.export import export_onnx
+    from inference.backends import TorchBackend
     from model import build_model, summary
 
     torch.set_num_threads(threads)
@@ -132,10 +132,10 @@ def video_rows(frames: int, threads: int, work: Path, checkpoint: Path | None = 
     import cv2
     import torch
 
-    from engine.export import calibration_crops, export_onnx
+    from inference.export import calibration_crops, export_onnx
     from engine.loading import load_network
-    from engine.predict import Predictor
-    from engine.predict_job import predict_video
+    from inference.predict import Predictor
+    from inference.predict_job import predict_video
     from faceutil.sampleio import read_image
     from model import build_model
 
@@ -188,11 +188,11 @@ def precision_rows(checkpoint: Path, test_dir: Path, calibration_dir: Path | Non
     import torch
 
     from data.dataset import AFLWEvalSet
-    from engine.backends import BackendModule
+    from inference.backends import BackendModule
     from engine.evaluate import evaluate_model
-    from engine.export import calibration_crops, export_onnx
+    from inference.export import calibration_crops, export_onnx
     from engine.loading import load_network
-    from engine.predict import Predictor
+    from inference.predict import Predictor
 
     torch.set_num_threads(threads)
     ref = Predictor(checkpoint, device="cpu")
@@ -288,7 +288,7 @@ def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: 
               "## Video path (-predict on a video)", "",
               f"{vid[0]['frames'] if vid else 0} frames of the astronaut photo ({vid[0]['size'] if vid else ''}), "
               "Haar detection on every frame, E2TKFace crop -> network -> landmarks, pose fit, shaded-mesh overlay, "
-              "mp4v encoding (engine.predict_job.predict_video); median of 2 runs per variant, alternating. Network: "
+              "mp4v encoding (inference.predict_job.predict_video); median of 2 runs per variant, alternating. Network: "
               + (f"the --checkpoint one (`{args.checkpoint}`)" if args.checkpoint else "random full-size E2TKFace")
               + ".", "",
               "| network runs on | threads | frames/s | frames with a face |", "|---|---:|---:|---:|"]
@@ -315,7 +315,7 @@ def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: 
               "stride-1 transposed convolutions as convolutions) a further 2x needs lower precision. onnxruntime has "
               "no bf16 convolutions on CPU; its int8 kernels (QLinearConv, VNNI) cover ordinary convolutions only, "
               "which is why the int8 export rewrites the transposed convolutions (model.decoder.TransposedAsConv).",
-              "- ONNX batch axis: engine.export checks with onnxruntime that a batch of 2 gives the two batch-1 "
+              "- ONNX batch axis: inference.export checks with onnxruntime that a batch of 2 gives the two batch-1 "
               "results; a graph with a baked-in batch size would be saved with a fixed batch of 1 (\"1\" above) and "
               "fed one face at a time."]
     path.parent.mkdir(parents=True, exist_ok=True)

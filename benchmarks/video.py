@@ -3,7 +3,7 @@ known in every frame.
 
 Owns benchmarks/results/video.md (+ video.png, video.json). The video: one synthetic face (faceutil.synthetic's
 model, fixed identity, texture, light and background) moving along a smooth path: yaw 30 sin, pitch 10 sin, roll
-20 sin (different periods), the centre drifting +-60 px, 25 frames/s. Each variant runs engine.tracking.FaceTracker
+20 sin (different periods), the centre drifting +-60 px, 25 frames/s. Each variant runs inference.tracking.FaceTracker
 over the decoded frames (detector + crop + network + mapping back + smoothing; no video decoding or drawing):
   per-frame detection (how -predict ran videos before tracking), tracking (detector every 10 frames, crops moved
   by the optical flow of the previous landmarks in between), tracking with --smooth at several strengths, and with
@@ -90,7 +90,7 @@ def run_variant(predictor, frames: np.ndarray, truth: np.ndarray, fps: float, re
                 any_roll: bool, repeats: int = 2) -> dict:
     """FaceTracker over the frames (`repeats` passes, the fastest timed); the face nearest the truth is scored in
     each frame."""
-    from engine.tracking import FaceTracker
+    from inference.tracking import FaceTracker
 
     predictor.any_roll = any_roll
     seconds = math.inf
@@ -197,9 +197,9 @@ def main(argv=None) -> dict:
     import torch
 
     from config import Config
-    from engine.export import export_onnx
+    from inference.export import export_onnx
     from engine.loading import load_network
-    from engine.predict import Predictor
+    from inference.predict import Predictor
 
     torch.set_num_threads(args.threads)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

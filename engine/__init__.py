@@ -1,4 +1,6 @@
-"""Training, evaluation and demo engine behind torchrun.py: loops, checkpoints, DDP, logging, the AFLW2000 protocol.
+"""Training behind torchrun.py: the loop, checkpoints, DDP, optimiser and schedule, the mean-face watch, logging, the
+AFLW2000 evaluation protocol, checkpoint loading and the demo.
 
-Submodules: train, evaluate, checkpoint, distributed, monitor, demo, errors. Importing does no work.
+Submodules: train, evaluate, checkpoint, loading, distributed, optim, collapse, monitor, demo, errors. Nothing here
+imports the inference package. Importing does no work.
 """

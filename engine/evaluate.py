@@ -252,13 +252,14 @@ def write_summary(report: EvalReport, path: str | Path, extra: dict | None = Non
 # --------------------------------------------------------------------------------------------- CLI entry
 def run_evaluation(config: Config, checkpoint: str | Path | None = None,
                    factory: Callable[..., nn.Module] | None = None, model: nn.Module | None = None,
-                   tag: str | None = None, quiet: bool = False, uv: UVLayout | None = None) -> EvalReport:
+                   tag: str | None = None, quiet: bool = False, uv: UVLayout | None = None,
+                   bfm: str | None = None) -> EvalReport:
     """-test=True: evaluate ``checkpoint`` (or --loadModelPath, or an in-memory ``model``) on -pd.
 
-    checkpoint: a .pth, or an exported .onnx file (fp32 or int8, run by onnxruntime), so the NME of the file that is
-    deployed can be quoted. The face model (landmark pixels, face mask) is --bfm when given, else the one the file
-    records. Prints the table, writes <run>/eval-<folder>[-tag].csv and .json (with the face model). Returns the
-    report.
+    checkpoint: a .pth (an exported .onnx file goes through inference.backends.run_test, which opens it and passes
+    it here as ``model``). The face model (landmark pixels, face mask) is ``bfm`` when given, else --bfm when given,
+    else the one the checkpoint records. Prints the table, writes <run>/eval-<folder>[-tag].csv and .json (with the
+    face model). Returns the report.
     """
     from data.dataset import AFLWEvalSet
     from faceutil.uv import check_face_model, uv_layout
@@ -269,14 +270,10 @@ def run_evaluation(config: Config, checkpoint: str | Path | None = None,
         raise RunError("Evaluation needs a checkpoint: pass --loadModelPath=PATH.")
     dataset = AFLWEvalSet(config.predict_dir)
     device = get_device(config.device)
-    bfm = resolve_bfm(config.bfm)
+    bfm = bfm or resolve_bfm(config.bfm)
     if model is None and Path(checkpoint).suffix.lower() == ".onnx":
-        from engine.backends import BackendModule, open_network
-
-        opened = open_network(checkpoint, device=device, bfm=config.bfm if "bfm" in config.given else None,
-                              model=config.model if "model" in config.given else None, precision=config.precision)
-        model, bfm = BackendModule(opened.backend), opened.bfm
-    elif model is None:
+        raise RunError(f"{checkpoint} is an ONNX file: evaluate it with torchrun.py -test (inference.backends).")
+    if model is None:
         loaded = load_for_inference(checkpoint, config, factory, device)
         model, bfm = loaded.module, loaded.bfm
     layout = uv if uv is not None else uv_layout(bfm)

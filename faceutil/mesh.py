@@ -232,7 +232,7 @@ def uv_texture(image: np.ndarray, vertices: np.ndarray, face_mask: np.ndarray, t
     image: (H, W, 3) uint8 photo. vertices: (F, 3) the face-mask pixels' points in image coordinates (x column,
     y row, z depth, larger = closer), in row-major order of face_mask (faceutil.uv.posmap_vertices order).
     face_mask: (S, S) bool UV face region. triangles: (T, 3) ids into the F points, counter-clockwise seen from the
-    camera when y points up (engine.predict.grid_triangles), for the z-buffer and the facing test.
+    camera when y points up (inference.predict.grid_triangles), for the z-buffer and the facing test.
     depth: (H, W) z-buffer of everything in the picture (faceutil.render.rasterize; -inf where empty) so that other
     faces occlude too; None = this face alone. tolerance: how far (z units, image px) behind the visible surface a
     point may lie and still count as seen; None = 3 % of the face's width.

@@ -7,10 +7,10 @@ import onnx
 import pytest
 import torch
 
-from engine.backends import OnnxBackend
+from inference.backends import OnnxBackend
 from engine.errors import RunError
-from engine.export import OnnxPredictor, export_onnx
-from engine.predict import Predictor
+from inference.export import OnnxPredictor, export_onnx
+from inference.predict import Predictor
 from tests.helpers import calibrated
 from model import build_model
 
@@ -185,7 +185,7 @@ def _check_int8_graph(path, calibration_images: int) -> None:
     """QDQ form: each Conv / MatMul reads its activation and its weight through DequantizeLinear (onnxruntime fuses
     them into int8 kernels), except in the last INT8_FLOAT_TAIL decoder layers, which stay float; there the stride-1
     layers with more than 3 channels are convolutions, the rest transposed convolutions. The metadata says so."""
-    from engine.export import INT8_FLOAT_TAIL
+    from inference.export import INT8_FLOAT_TAIL
 
     proto = onnx.load(str(path))
     producer = {out: node.op_type for node in proto.graph.node for out in node.output}
@@ -222,7 +222,7 @@ def test_int8_graph_runs_batched_and_in_range(int8_export):
     far int8 moves a trained network's landmarks is bounded in tests/test_trained_backends.py (a random network's
     int8 error says nothing)."""
     _, _, path, crops = int8_export
-    from engine.export import calibration_crops
+    from inference.export import calibration_crops
 
     x = np.stack(calibration_crops(crops))
     backend = OnnxBackend(path)

@@ -1,5 +1,5 @@
 """One way from a checkpoint to a network and its face model (engine/loading.py), backends behind -test and
--predict (engine/backends.py), processed folders that record their face model, and no import circles (issue 14)."""
+-predict (inference/backends.py), processed folders that record their face model, and no import circles (issue 14)."""
 from __future__ import annotations
 
 import ast
@@ -54,8 +54,8 @@ def test_test_predict_and_export_agree_on_the_face_model_whatever_the_working_di
                                                                                       monkeypatch, capsys):
     """In a folder where "auto" would mean data/Out (a BFM.mat is there), -test, -predict and -export all use the
     synthetic face model the checkpoint was trained on."""
-    from engine.backends import OnnxBackend
-    from engine.predict import Predictor
+    from inference.backends import OnnxBackend
+    from inference.predict import Predictor
 
     root, ck = trained
     (tmp_path / "data" / "Out").mkdir(parents=True)
@@ -211,7 +211,8 @@ def test_load_network_rules(trained, tmp_path):
 # ------------------------------------------------------------------------------------------ import structure
 def _project_imports() -> dict[str, set[str]]:
     """module -> project modules it imports anywhere in its text (module level or inside functions)."""
-    files = [p for d in ("config.py", "torchrun.py", "processor.py", "faceutil", "model", "data", "engine")
+    files = [p for d in ("config.py", "torchrun.py", "processor.py", "faceutil", "model", "data", "engine",
+                         "inference")
              for p in ([ROOT / d] if d.endswith(".py") else sorted((ROOT / d).glob("*.py")))]
     names = {str(p.relative_to(ROOT).with_suffix("")).replace(os.sep, ".").removesuffix(".__init__"): p
              for p in files}
@@ -237,7 +238,7 @@ def _project_imports() -> dict[str, set[str]]:
 
 def test_no_import_circles():
     graph = _project_imports()
-    assert {"engine.predict", "engine.export", "faceutil.morphable", "model.registry"} <= set(graph)
+    assert {"inference.predict", "inference.export", "faceutil.morphable", "model.registry"} <= set(graph)
     # Tarjan-free check: a module is in a circle when it can reach itself
     cycles = []
     for start in graph:
@@ -251,3 +252,13 @@ def test_no_import_circles():
                 seen.add(node)
                 stack.extend(graph.get(node, ()))
     assert not cycles, f"modules in import circles: {sorted(cycles)}"
+
+
+def test_training_never_imports_inference():
+    """The two systems stay apart: inference may use engine (loading, evaluation), never the other way round; and
+    faceutil, model and data import neither."""
+    graph = _project_imports()
+    wrong = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                   if (m.startswith("engine") and t.startswith("inference"))
+                   or (m.split(".")[0] in ("faceutil", "model", "data") and t.split(".")[0] in ("engine", "inference")))
+    assert not wrong, wrong

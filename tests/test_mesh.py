@@ -184,7 +184,7 @@ def test_uv_texture_round_trips_a_known_texture_and_masks_the_hidden_side():
     through its true position map gives back the true UV albedo map on the pixels found visible (measured
     2026-12-03: 62 % of the face visible, median error 0.001, mean 0.011 of the colour range; the largest errors sit
     along the silhouette, where the photo's pixels mix face and background), and no back-facing point is used."""
-    from engine.predict import grid_triangles
+    from inference.predict import grid_triangles
     from faceutil.facemodel import load_model
     from faceutil.pose import project
     from faceutil.render import render_attributes, vertex_normals

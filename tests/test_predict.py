@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from engine.errors import RunError
-from engine.predict import FaceResult, Predictor, fit_pose, grid_triangles, uv_geometry
-from engine.predict_job import predict_path
+from inference.predict import FaceResult, Predictor, fit_pose, grid_triangles, uv_geometry
+from inference.predict_job import predict_path
 from faceutil import crop
 from faceutil.detect import FaceDetector, detect_faces, landmark_box_from_detection, parse_boxes
 from faceutil.errors import FaceUtilError
@@ -427,7 +427,7 @@ def test_briefly_trained_model_moves_landmarks_towards_the_truth(face_model, tmp
     the predictor, fp32 and int8, into the right place. The exact geometry is covered by
     test_stub_network_gives_true_landmarks_and_pose.
     """
-    from engine.export import calibration_crops, export_onnx
+    from inference.export import calibration_crops, export_onnx
     from faceutil.metrics import nme
     from faceutil.process import process_dataset
     from faceutil.synthetic import synthesize_dataset

@@ -1,4 +1,4 @@
-"""Video: the One Euro filter (faceutil/smoothing.py), face tracking (engine/tracking.py) and predict_video's
+"""Video: the One Euro filter (faceutil/smoothing.py), face tracking (inference/tracking.py) and predict_video's
 handling of broken videos (issue 15)."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from engine.predict import FaceResult, Predictor
-from engine.tracking import (MAX_MISSES, FaceTracker, crop_from_params, crop_params, follow_points, reanchored)
+from inference.predict import FaceResult, Predictor
+from inference.tracking import (MAX_MISSES, FaceTracker, crop_from_params, crop_params, follow_points, reanchored)
 from faceutil.crop import landmark_box
 from faceutil.smoothing import OneEuroFilter
 
@@ -113,7 +113,7 @@ class FakeGeometry:
 
 
 class FakePredictor:
-    """Stands in for engine.predict.Predictor over a TexturedScene: its "network" returns the true landmarks (plus
+    """Stands in for inference.predict.Predictor over a TexturedScene: its "network" returns the true landmarks (plus
     noise) of the face its crop sees, or a face at the crop centre when the crop misses it; the detector boxes the
     true landmarks (padded as a face detector does); every call is recorded."""
 
@@ -293,7 +293,7 @@ class NoFacePredictor:
 
 
 def test_a_video_cut_short_keeps_its_good_frames_and_says_so(tmp_path):
-    from engine.predict_job import predict_video
+    from inference.predict_job import predict_video
 
     whole = tmp_path / "whole.avi"
     _write_video(whole, 30)
@@ -310,7 +310,7 @@ def test_a_video_cut_short_keeps_its_good_frames_and_says_so(tmp_path):
 
 
 def test_a_frame_that_cannot_be_decoded_is_skipped_and_named(tmp_path):
-    from engine.predict_job import predict_video
+    from inference.predict_job import predict_video
 
     path = tmp_path / "broken.avi"
     _write_video(path, 30)

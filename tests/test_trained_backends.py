@@ -84,7 +84,7 @@ def test_inference_twin_matches_eager(trained_e2tkface):
 
 
 def test_onnx_fp32_file_matches_eager(trained_e2tkface, trained_onnx):
-    from engine.backends import OnnxBackend
+    from inference.backends import OnnxBackend
 
     backend = OnnxBackend(trained_onnx["fp32"])
     assert backend.metadata["precision"] == "fp32" and backend.max_batch is None
@@ -94,8 +94,8 @@ def test_onnx_fp32_file_matches_eager(trained_e2tkface, trained_onnx):
 def test_onnx_predictor_matches_the_eager_predictor(trained_e2tkface, trained_onnx):
     """Whole photos (the held-out faces' original images, cropped from their landmark boxes): the onnxruntime
     Predictor gives the eager torch Predictor's landmarks and head pose."""
-    from engine.export import OnnxPredictor
-    from engine.predict import Predictor
+    from inference.export import OnnxPredictor
+    from inference.predict import Predictor
     from faceutil.sampleio import read_image, read_sample_mat
 
     t = trained_e2tkface
@@ -129,9 +129,9 @@ def test_bf16_autocast_keeps_the_eager_outputs(trained_e2tkface):
 
 
 def test_bf16_weights_keep_the_eager_outputs(trained_e2tkface):
-    """bf16 weights cast once, as -predict --precision=bf16 runs the inference twin (engine.backends.TorchBackend);
+    """bf16 weights cast once, as -predict --precision=bf16 runs the inference twin (inference.backends.TorchBackend);
     the mean map stays float32 (model.head.PosmapIO)."""
-    from engine.backends import open_network
+    from inference.backends import open_network
 
     t = trained_e2tkface
     backend = open_network(t.net, device="cpu", precision="bf16").backend
@@ -141,7 +141,7 @@ def test_bf16_weights_keep_the_eager_outputs(trained_e2tkface):
 
 
 def test_int8_file_keeps_the_landmarks_within_a_few_pixels(trained_e2tkface, trained_onnx):
-    from engine.backends import OnnxBackend
+    from inference.backends import OnnxBackend
 
     backend = OnnxBackend(trained_onnx["int8"])
     assert backend.metadata["precision"] == "int8" and backend.metadata["calibration_images"] == "16"

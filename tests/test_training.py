@@ -70,7 +70,7 @@ def test_real_e2tkface_memorises_a_handful_of_samples(synth, tmp_path):
 def test_mean_residual_and_input_size_through_test_predict_and_export(synth, tmp_path, capsys):
     """A 128-px mean-residual E2TKFace trained for 2 epochs: -test, -predict and both ONNX exports run from its
     checkpoint; the ONNX file reproduces torch, and the mean map is in the checkpoint and in the ONNX graph."""
-    from engine.backends import OnnxBackend
+    from inference.backends import OnnxBackend
     from engine.train import run_training
     from model import build_model
 

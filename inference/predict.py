@@ -1,7 +1,7 @@
 """Prediction on arbitrary photos: the ``Predictor`` facade (image + face boxes -> landmarks, head pose, dense mesh).
 
 Owns the detector-box -> crop rule at inference, the posmap -> original-image mapping and the pose fit. The pictures
-drawn from the results live in engine/pictures.py, the -predict job (files, folders, videos) in engine/predict_job.py.
+drawn from the results live in inference/pictures.py, the -predict job (files, folders, videos) in inference/predict_job.py.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class FaceResult:
     """One face predicted in one image (all coordinates in the original image; see CONVENTIONS).
 
     box: (4,) float64 [x1, y1, x2, y2] the box the face came from; box_kind: "detector", "landmarks" (a given
-    landmark box) or "tracked" (engine.tracking: the crop followed the face from the previous frame; box is then the
+    landmark box) or "tracked" (inference.tracking: the crop followed the face from the previous frame; box is then the
     axis-aligned box of the crop's face square, 1 / CROP_ENLARGE of the crop).
     roll: degrees (counter-clockwise as displayed) the face was taken to be turned by: the crop was turned back by
     it, so the network saw the face upright. crop: faceutil.crop.Similarity original image -> 256x256 network crop.
@@ -157,7 +157,7 @@ class Predictor:
     model: expected model name (a checkpoint of another model is then an error). export: run the network's
     export() twin (plain-torch encoder, same outputs; benchmarks/results/predict.md). batch_size: faces per call.
     precision: "fp32" (default) or "bf16" / "fp16" (CUDA) for torch models (weights cast once, see
-    engine.backends.TorchBackend);
+    inference.backends.TorchBackend);
     channels_last: NHWC convolutions; compile: torch.compile the network. None of these applies to an .onnx file.
     """
 
@@ -165,7 +165,7 @@ class Predictor:
                  model_kwargs: dict | None = None, export: bool = True, batch_size: int = 8, detector=None,
                  precision: str = "fp32", channels_last: bool = False, compile: bool = False,
                  any_roll: bool = False):
-        from engine.backends import open_network
+        from inference.backends import open_network
 
         net = open_network(source, device=device, bfm=bfm, model=model, model_kwargs=model_kwargs, export=export,
                            precision=precision, channels_last=channels_last, compile=compile)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.predict import FaceResult
+from inference.predict import FaceResult
 
 
 def render_faces(image: np.ndarray, faces: Sequence[FaceResult], triangles: np.ndarray):

@@ -3,7 +3,7 @@ network output (posmap / 280) as float32 arrays.
 
 - TorchBackend: an nn.Module (a checkpoint's network, eager or its export() twin) or any callable, on a torch
   device, in fp32 / bf16 / fp16.
-- OnnxBackend: an exported .onnx file (fp32 or int8, engine/export.py) under onnxruntime.
+- OnnxBackend: an exported .onnx file (fp32 or int8, inference/export.py) under onnxruntime.
 
 open_network(source) picks the backend for a checkpoint path, an .onnx path, an nn.Module or a callable, and says
 which model and face model it holds (engine.loading's rule: explicit flag > recorded > default).
@@ -185,3 +185,19 @@ class BackendModule:
         import torch
 
         return torch.from_numpy(self.backend(x.detach().float().cpu().numpy()))
+
+
+def run_test(config, checkpoint=None):
+    """-test=True for any saved network: a .pth through engine.evaluate.run_evaluation as it is; an exported .onnx
+    file (fp32 or int8) opened by onnxruntime first, so the NME of the file that is deployed can be quoted. The face
+    model is --bfm when given, else the one the file records. Returns the EvalReport."""
+    from engine.evaluate import run_evaluation
+    from model.device import get_device
+
+    checkpoint = checkpoint or config.load_model_path
+    if checkpoint is None or Path(checkpoint).suffix.lower() != ".onnx":
+        return run_evaluation(config, checkpoint=checkpoint)
+    opened = open_network(checkpoint, device=get_device(config.device),
+                          bfm=config.bfm if "bfm" in config.given else None,
+                          model=config.model if "model" in config.given else None, precision=config.precision)
+    return run_evaluation(config, checkpoint=checkpoint, model=BackendModule(opened.backend), bfm=opened.bfm)

@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 
 from engine.errors import RunError
-from engine.pictures import depth_image, overlay_image, render_faces
-from engine.predict import CONVENTIONS, FaceResult, Predictor
+from inference.pictures import depth_image, overlay_image, render_faces
+from inference.predict import CONVENTIONS, FaceResult, Predictor
 from faceutil.errors import FaceUtilError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -117,14 +117,14 @@ def predict_video(predictor: Predictor, path: Path, out_dir: Path, name: str, bo
     """A video -> <name>_annotated.mp4 (mp4v; every frame with meshes and landmarks) and <name>.json (per-frame
     faces with their track id, landmarks and pose). Frames without a face are copied unannotated.
 
-    redetect_every / smooth: engine.tracking.FaceTracker (0 / 0.0: every frame detected and predicted on its own,
+    redetect_every / smooth: inference.tracking.FaceTracker (0 / 0.0: every frame detected and predicted on its own,
     unsmoothed). A frame that cannot be decoded is skipped and named in the record; a video that ends before the
     frame count its header announces is noted there too; the good frames' outputs are complete either way.
     Returns faces / frames / fps / skipped-frame stats.
     """
     import cv2
 
-    from engine.tracking import FaceTracker
+    from inference.tracking import FaceTracker
     from faceutil.sampleio import atomic_write_bytes
 
     if not path.is_file() or path.stat().st_size == 0:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.predict import CROP_ENLARGE, CROP_SIZE, FaceResult, Predictor, fit_pose
+from inference.predict import CROP_ENLARGE, CROP_SIZE, FaceResult, Predictor, fit_pose
 from faceutil.crop import Similarity
 from faceutil.smoothing import OneEuroFilter
 

@@ -177,8 +177,8 @@ def export_onnx(model, path, model_name: str, model_kwargs: dict | None = None, 
 
 
 def OnnxPredictor(path, device=None, bfm: str | None = None, batch_size: int = 8, detector=None):
-    """The onnxruntime twin of engine.predict.Predictor (same __call__(image, boxes) -> list[FaceResult])."""
-    from engine.predict import Predictor
+    """The onnxruntime twin of inference.predict.Predictor (same __call__(image, boxes) -> list[FaceResult])."""
+    from inference.predict import Predictor
 
     if Path(path).suffix.lower() != ".onnx":
         raise RunError(f"{path} is not an .onnx file.")
