@@ -341,8 +341,8 @@ _METAVARS = {"train_dir": "DIR", "val_dir": "DIR", "predict_dir": "DIR", "bfm": 
              "demo_test_count": "N", "val_fraction": "F", "lr": "F", "weight_decay": "F", "lr_decay": "F",
              "head": "NAME", "input_size": "N", "lr_schedule": "NAME", "optimizer": "NAME", "warmup_steps": "N",
              "time_limit": "MIN", "visible_devices": "IDS", "model": "NAME", "encoder": "NAME", "gt": "NAME",
-             "device": "DEV", "predict": "PATH", "bbox": "BOXES", "detector": "NAME", "export_format": "FORMAT", "smooth": "S",
-             "redetect_every": "N"}
+             "device": "DEV", "predict": "PATH", "bbox": "BOXES", "detector": "NAME", "export_format": "FORMAT",
+             "smooth": "S", "redetect_every": "N"}
 
 
 def build_parser() -> FlagParser:

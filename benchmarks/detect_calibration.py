@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         "pt3d_68 (x, y). Per face: landmark-box side / detector side (side = max(x2 - x1, y2 - y1)), and (landmark-box "
         "centre - detector centre) / detector side in the face's frame (turned back by the detector's roll: 0 for "
         "Haar, the five-point eye line for MTCNN). MTCNN: facenet-pytorch 2.5.3, thresholds 0.6/0.7/0.7, smallest "
-        "face 0.08 x the shorter side.",
+        "face 0.08 x the shorter side, faces tilted beyond 10 deg looked at again upright (engine.detectors).",
         "",
         "| detector | faces | side ratio median (sd) | centre shift x median (sd) | centre shift y median (sd) |",
         "|---|---|---|---|---|",
@@ -148,7 +148,8 @@ def main(argv=None) -> int:
                      f"{s['shift_y_median']:+.3f} ({s['shift_y_sd']:.3f}) |")
     if result["mtcnn_roll_minus_eye_line"]:
         r = result["mtcnn_roll_minus_eye_line"]
-        lines += ["", f"MTCNN roll (its five-point eye line) against the eye line of the annotated landmarks: "
+        lines += ["", f"MTCNN roll (its five-point eye line; a face tilted beyond 10 deg looked at again upright) "
+                      f"against the eye line of the annotated landmarks: "
                       f"median |difference| {r['median_abs']:.2f} deg, largest {r['max_abs']:.2f} deg."]
     lines += ["", "Per face (box, roll, ratios) in the .json beside this file."]
     atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))

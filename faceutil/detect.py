@@ -47,16 +47,17 @@ class BoxCalibration:
 HAAR_CALIBRATION = BoxCalibration(DETECTOR_SIDE_TO_LANDMARK_SIDE, DETECTOR_CENTRE_SHIFT)
 
 # MTCNN (facenet-pytorch 2.5.3, its bundled P/R/O-Net weights, thresholds 0.6/0.7/0.7, smallest face 0.08 x the
-# shorter image side), measured the same way by benchmarks/detect_calibration.py on 2026-12-07 (numbers in
-# benchmarks/results/detect_calibration.md), on the 20 genuine AFLW2000-3D samples with |yaw| < 30 deg, all of which
-# MTCNN finds (the Haar figures above are its 15 of those 20; the script reproduces them: 0.886, +0.015, +0.168).
-# The shift is taken in the face's own frame, turned back by MTCNN's roll (its eye line):
-#   landmark-box side / MTCNN side = 0.809 (median; sd 0.067; MTCNN's box is taller than wide, side = its height),
-#   (landmark-box centre - MTCNN centre) / MTCNN side = (+0.012, +0.130) (median; sd 0.027, 0.026).
-# As for Haar, the x offset is taken as 0 (left-right symmetry). The centre varies less than with Haar (sd 0.027 and
-# 0.026 against 0.073 and 0.040), the side as much (0.067 against 0.074): both well within the training jitter.
-MTCNN_SIDE_TO_LANDMARK_SIDE = 0.809
-MTCNN_CENTRE_SHIFT = (0.0, 0.130)
+# shorter image side, faces tilted beyond 10 deg looked at again upright: engine.detectors.MTCNNDetector), measured
+# the same way by benchmarks/detect_calibration.py on 2026-12-07 (numbers in benchmarks/results/
+# detect_calibration.md), on the 20 genuine AFLW2000-3D samples with |yaw| < 30 deg, all of which MTCNN finds (the
+# Haar figures above are its 15 of those 20; the script reproduces them: 0.886, +0.015, +0.168). The shift is taken
+# in the face's own frame, turned back by MTCNN's roll (its eye line):
+#   landmark-box side / MTCNN side = 0.811 (median; sd 0.065; MTCNN's box is taller than wide, side = its height),
+#   (landmark-box centre - MTCNN centre) / MTCNN side = (+0.005, +0.132) (median; sd 0.033, 0.025).
+# As for Haar, the x offset is taken as 0 (left-right symmetry). The centre varies less than with Haar (sd 0.033 and
+# 0.025 against 0.073 and 0.040), the side as much (0.065 against 0.074): both well within the training jitter.
+MTCNN_SIDE_TO_LANDMARK_SIDE = 0.811
+MTCNN_CENTRE_SHIFT = (0.0, 0.132)
 MTCNN_CALIBRATION = BoxCalibration(MTCNN_SIDE_TO_LANDMARK_SIDE, MTCNN_CENTRE_SHIFT)
 
 
