@@ -41,9 +41,13 @@ class MTCNNDetector:
 
         try:
             from facenet_pytorch import MTCNN
-        except ImportError:
-            raise RunError(f"The MTCNN face detector needs the facenet-pytorch package: pip install "
-                           f"{FACENET_PYTORCH} (or use --detector=haar).") from None
+        except ImportError as err:
+            missing = err.name or "facenet_pytorch"
+            if missing.split(".")[0] == "facenet_pytorch":
+                raise RunError(f"The MTCNN face detector needs the facenet-pytorch package: pip install "
+                               f"{FACENET_PYTORCH} (or use --detector=haar).") from None
+            raise RunError(f"The MTCNN face detector's package facenet-pytorch needs {missing}, which is not "
+                           f"installed: pip install -r requirements.txt (or use --detector=haar).") from None
         self.device = get_device(device)
         try:
             self._net = MTCNN(keep_all=True, device=self.device, thresholds=list(thresholds), select_largest=True)

@@ -209,10 +209,11 @@ class Predictor:
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Face boxes of an RGB image from the Predictor's detector, and each face's roll.
 
-        MTCNN reads each face's roll from its five points (the eye line), so a tilted face gets an upright crop; the
-        Haar cascade finds upright faces only and reports roll 0. any_roll (the Predictor's setting): the detector
-        also runs on the image turned by 90, 180 and 270 degrees, so faces lying on their side or upside down, which
-        neither detector finds as they are, are found too (faceutil.detect.detect_any_roll).
+        MTCNN reads each face's roll from its five points (the eye line), so a face tilted up to about 60 degrees
+        gets an upright crop; the Haar cascade finds upright faces only and reports roll 0. any_roll (the Predictor's
+        setting): the detector also runs on the image turned by 90, 180 and 270 degrees, so faces lying on their side
+        or upside down are found with their roll (as they are, the cascade misses them and MTCNN misses them or
+        reads their roll wrong; faceutil.detect.detect_any_roll).
         Returns (boxes (N, 4) [x1, y1, x2, y2], rolls (N,) degrees counter-clockwise as displayed).
         """
         from faceutil.detect import detect_any_roll
