@@ -204,7 +204,7 @@ class FaceTracker:
             boxes, rolls, calibration = self.boxes, np.zeros(len(self.boxes)), None      # --bbox: read as Haar's
         else:
             boxes, rolls = self.predictor.detect(image)
-            calibration = self.predictor.box_calibration
+            calibration = self.predictor.box_calibration if len(boxes) else None
         crops = [self.predictor.crop_for_box(b, "detector", r, calibration) for b, r in zip(boxes, rolls)]
         squares = [face_square(c) for c in crops]
         pairs = sorted(((box_iou(sq, face_square(tr.crop)), i, j) for i, sq in enumerate(squares)
