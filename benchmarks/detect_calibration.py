@@ -10,7 +10,8 @@ are the constants of faceutil.detect; the spread says how far a single face lies
 roll against the eye line of the annotated landmarks (centres of points 36-41 and 42-47).
 
 Usage: python benchmarks/detect_calibration.py [--max-yaw 30] [--out benchmarks/results/detect_calibration.md]
-Writes the .md and a .json beside it (atomically). Needs ../shared/data; one torch thread.
+                                              [--per-face /tmp/faces.json]
+Writes the .md and a .json of summaries beside it (atomically). Needs ../shared/data; one torch thread.
 """
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-yaw", type=float, default=30.0, help="near-frontal: |yaw| below this (degrees)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "detect_calibration.md"))
+    parser.add_argument("--per-face", default=None, help="also write each face's numbers (yaw, annotated eye line, "
+                        "box, ratios) to this JSON file; keep it outside the repository (they derive from the "
+                        "licensed annotations)")
     args = parser.parse_args(argv)
     folder = SHARED / "aflw2000_samples"
     if not folder.is_dir():
@@ -120,11 +124,12 @@ def main(argv=None) -> int:
     result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "max_yaw": args.max_yaw,
               "samples": used, "summary": summary,
               "mtcnn_roll_minus_eye_line": {"median_abs": round(float(np.median(roll_err)), 2),
-                                            "max_abs": round(float(roll_err.max()), 2)} if len(roll_err) else None,
-              "faces": per_face}
+                                            "max_abs": round(float(roll_err.max()), 2)} if len(roll_err) else None}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out.with_suffix(".json"), (json.dumps(result, indent=1) + "\n").encode("utf-8"))
+    if args.per_face:
+        atomic_write_bytes(Path(args.per_face), (json.dumps(per_face, indent=1) + "\n").encode("utf-8"))
 
     lines = [
         "# Detector box calibration",
@@ -151,7 +156,8 @@ def main(argv=None) -> int:
         lines += ["", f"MTCNN roll (its five-point eye line; a face tilted beyond 10 deg looked at again upright) "
                       f"against the eye line of the annotated landmarks: "
                       f"median |difference| {r['median_abs']:.2f} deg, largest {r['max_abs']:.2f} deg."]
-    lines += ["", "Per face (box, roll, ratios) in the .json beside this file."]
+    lines += ["", "Only these summaries are kept here: each face's numbers derive from the licensed annotations "
+                  "(`--per-face PATH` writes them to a file outside the repository)."]
     atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))
     print("\n".join(lines))
     return 0
