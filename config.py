@@ -23,6 +23,7 @@ HEADS = ("published", "mean-residual")         # the same names as model.head.HE
 INPUT_SIZES = (64, 128, 256)                   # the same sizes as model.head.INPUT_SIZES
 LR_SCHEDULES = ("exp", "cosine")               # the same names as engine.optim.SCHEDULES
 OPTIMIZERS = ("adam", "adamw", "radam")         # the same names as engine.optim.OPTIMIZERS
+DETECTORS = ("mtcnn", "haar")                  # the same names as inference.detectors.DETECTORS
 DEFAULT_BFM_DIR = "data/Out"
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -180,6 +181,7 @@ class Config:
     # inference jobs (inference.predict / inference.export)
     predict: str | None = None
     bbox: str | None = None
+    detector: str = "mtcnn"
     any_roll: bool = False
     smooth: float = 0.5
     redetect_every: int = 10
@@ -307,9 +309,12 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
                                                 "results go to -o"),
     (("--bbox",), "bbox", str, "face boxes for -predict as 'x1,y1,x2,y2' (several separated by ';'); default: "
                                "detect faces"),
-    (("--any-roll",), "any_roll", "bool", "-predict: also look for faces turned by 90, 180 and 270 degrees (the "
-                                          "face detector finds upright faces only; four detector passes, and more "
-                                          "false boxes on upright photos)"),
+    (("--detector",), "detector", str, "-predict: face detector when --bbox is not given: mtcnn (facenet-pytorch's "
+                                       "MTCNN; reads each face's roll from its eyes, so tilted faces get upright "
+                                       "crops) | haar (OpenCV's bundled cascade, upright faces only)"),
+    (("--any-roll",), "any_roll", "bool", "-predict: also look for faces turned by 90, 180 and 270 degrees (for "
+                                          "faces the detector misses as they are, e.g. lying on their side; four "
+                                          "detector passes)"),
     (("--smooth",), "smooth", _float, "-predict on video: strength 0..1 of the temporal smoothing of landmarks, "
                                       "mesh and pose (One Euro filter; 0 = each frame's own output)"),
     (("--redetect-every",), "redetect_every", _int, "-predict on video: run the face detector every N frames and "
@@ -336,8 +341,8 @@ _METAVARS = {"train_dir": "DIR", "val_dir": "DIR", "predict_dir": "DIR", "bfm": 
              "demo_test_count": "N", "val_fraction": "F", "lr": "F", "weight_decay": "F", "lr_decay": "F",
              "head": "NAME", "input_size": "N", "lr_schedule": "NAME", "optimizer": "NAME", "warmup_steps": "N",
              "time_limit": "MIN", "visible_devices": "IDS", "model": "NAME", "encoder": "NAME", "gt": "NAME",
-             "device": "DEV", "predict": "PATH", "bbox": "BOXES", "export_format": "FORMAT", "smooth": "S",
-             "redetect_every": "N"}
+             "device": "DEV", "predict": "PATH", "bbox": "BOXES", "detector": "NAME", "export_format": "FORMAT",
+             "smooth": "S", "redetect_every": "N"}
 
 
 def build_parser() -> FlagParser:
@@ -420,6 +425,8 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
         raise ConfigError(f"Unknown --encoder={config.encoder!r}; choose one of {', '.join(ENCODERS)}.")
     if config.gt not in GROUND_TRUTHS:
         raise ConfigError(f"Unknown --gt={config.gt!r}; choose one of {', '.join(GROUND_TRUTHS)}.")
+    if config.detector not in DETECTORS:
+        raise ConfigError(f"Unknown --detector={config.detector!r}; choose one of {', '.join(DETECTORS)}.")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"Unknown --precision={config.precision!r}; choose one of {', '.join(PRECISIONS)}.")
     if config.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", config.device):

@@ -159,6 +159,9 @@ class Predictor:
     precision: "fp32" (default) or "bf16" / "fp16" (CUDA) for torch models (weights cast once, see
     inference.backends.TorchBackend);
     channels_last: NHWC convolutions; compile: torch.compile the network. None of these applies to an .onnx file.
+    detector: the face detector used when no boxes are given: a name of inference.detectors.DETECTORS ("mtcnn", the
+    default, or "haar"; built on first use, on `device`) or a detector object (``find_faces`` or ``detect``,
+    and ``calibration``). any_roll: also run it on the image turned by 90, 180 and 270 degrees (see detect).
     """
 
     def __init__(self, source, device=None, bfm: str | None = None, model: str | None = None,
@@ -173,47 +176,76 @@ class Predictor:
         self.geometry = uv_geometry(self.bfm)
         self.batch_size = max(1, int(batch_size))
         self.any_roll = bool(any_roll)
-        self._detector = detector
+        self._device = device
+        self._detector = "mtcnn" if detector is None else detector
 
     @property
     def backend_name(self) -> str:
         return self.backend.name
 
+    @property
+    def detector(self):
+        """The face detector object (built from its name on first use: inference.detectors.make_detector)."""
+        if isinstance(self._detector, str):
+            from inference.detectors import make_detector
+
+            self._detector = make_detector(self._detector, self._device)
+        return self._detector
+
+    @property
+    def detector_name(self) -> str:
+        """The face detector's name ("mtcnn", "haar", ...), without building it."""
+        det = self._detector
+        return det if isinstance(det, str) else str(getattr(det, "name", type(det).__name__))
+
+    @property
+    def box_calibration(self):
+        """faceutil.detect.BoxCalibration of the detector's boxes (Haar's for a detector object that names none)."""
+        from faceutil.detect import HAAR_CALIBRATION
+
+        return getattr(self.detector, "calibration", HAAR_CALIBRATION)
+
     # ---------------------------------------------------------------------------------------- boxes and crops
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Face boxes of an RGB image from the bundled (upright-only) Haar cascade, and each face's roll.
+        """Face boxes of an RGB image from the Predictor's detector, and each face's roll.
 
-        any_roll (the Predictor's setting): the cascade also runs on the image turned by 90, 180 and 270 degrees,
-        so faces lying on their side or upside down are found (faceutil.detect.detect_any_roll); else rolls are 0.
+        MTCNN reads each face's roll from its five points (the eye line), so a face tilted up to about 60 degrees
+        gets an upright crop; the Haar cascade finds upright faces only and reports roll 0. any_roll (the Predictor's
+        setting): the detector also runs on the image turned by 90, 180 and 270 degrees, so faces lying on their side
+        or upside down are found with their roll (as they are, the cascade misses them and MTCNN misses them or
+        reads their roll wrong; faceutil.detect.detect_any_roll).
         Returns (boxes (N, 4) [x1, y1, x2, y2], rolls (N,) degrees counter-clockwise as displayed).
         """
-        from faceutil.detect import FaceDetector, detect_any_roll
+        from faceutil.detect import detect_any_roll
 
-        if self._detector is None:
-            self._detector = FaceDetector()
+        det = self.detector
         if self.any_roll:
-            return detect_any_roll(self._detector, image)
-        boxes = self._detector.detect(image)
+            return detect_any_roll(det, image)
+        if hasattr(det, "find_faces"):
+            boxes, rolls, _ = det.find_faces(image)
+            return boxes, rolls
+        boxes = det.detect(image)
         return boxes, np.zeros(len(boxes))
 
     @staticmethod
-    def crop_for_box(box, box_kind: str = "detector", roll: float = 0.0):
+    def crop_for_box(box, box_kind: str = "detector", roll: float = 0.0, calibration=None):
         """The original -> 256x256 crop Similarity for a face box.
 
         box_kind "landmarks": the box is the tight 68-landmark box; the crop is exactly the evaluation crop
         (square, side 1.5 x max(w, h), same centre). "detector": a face-detector box, first turned into the
-        landmark box it corresponds to on average (faceutil.detect calibration: side x 0.88, centre moved 0.167 x
-        side towards the chin), so the crop matches the training-crop statistics. roll: the face's turn in the
-        image (degrees, counter-clockwise as displayed); the crop is turned back by it, so the face is upright.
+        landmark box it corresponds to on average by the detector's calibration (faceutil.detect.BoxCalibration;
+        None: the Haar cascade's, side x 0.88, centre moved 0.167 x side towards the chin, which is also how --bbox
+        boxes are read), so the crop matches the training-crop statistics. roll: the face's turn in the image
+        (degrees, counter-clockwise as displayed); the crop is turned back by it, so the face is upright.
         """
         from faceutil.crop import crop_similarity, rotation_about
-        from faceutil.detect import landmark_box_from_detection
+        from faceutil.detect import HAAR_CALIBRATION, landmark_box_from_detection
 
         if box_kind not in BOX_KINDS:
             raise ValueError(f"box_kind must be one of {BOX_KINDS}, got {box_kind!r}")
         b = np.asarray(box, dtype=np.float64).reshape(4)
         if box_kind == "detector":
-            b = landmark_box_from_detection(b, roll)
+            b = landmark_box_from_detection(b, roll, calibration or HAAR_CALIBRATION)
         corners = np.array([[b[0], b[1]], [b[2], b[3]]])
         sim = crop_similarity(corners, out_size=CROP_SIZE, enlarge=CROP_ENLARGE)
         if roll:
@@ -234,7 +266,8 @@ class Predictor:
     def __call__(self, image: np.ndarray, boxes=None, box_kind: str = "detector", rolls=None) -> list[FaceResult]:
         """Predict every face of an (H, W, 3) uint8 RGB image.
 
-        boxes: (N, 4) [x1, y1, x2, y2] original px, or None to detect faces with the Haar cascade (see detect).
+        boxes: (N, 4) [x1, y1, x2, y2] original px, or None to detect faces with the Predictor's detector (see
+        detect; its boxes are read with its own calibration; given "detector" boxes with the Haar cascade's).
         rolls: (N,) each face's turn in the image (degrees, counter-clockwise as displayed; default 0): its crop is
         turned back so the network sees it upright, and every output is mapped back into the image.
         Returns one FaceResult per box, in box order ([] when there is no face).
@@ -242,13 +275,15 @@ class Predictor:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+        calibration = None
         if boxes is None:
             (boxes, rolls), box_kind = self.detect(image), "detector"
+            calibration = self.box_calibration
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         rolls = np.zeros(len(boxes)) if rolls is None else np.asarray(rolls, dtype=np.float64).reshape(-1)
         if len(rolls) != len(boxes):
             raise ValueError(f"{len(rolls)} rolls for {len(boxes)} boxes")
-        sims = [self.crop_for_box(b, box_kind, r) for b, r in zip(boxes, rolls)]
+        sims = [self.crop_for_box(b, box_kind, r, calibration) for b, r in zip(boxes, rolls)]
         return self.predict_crops(image, sims, boxes, [box_kind] * len(boxes), rolls)
 
     def predict_crops(self, image: np.ndarray, sims: list, boxes, box_kinds: list[str], rolls) -> list[FaceResult]:

@@ -255,7 +255,7 @@ def predict_path(predictor: Predictor, path, out_dir, boxes=None, progress: bool
         summary.items.append(entry)
     summary.seconds = time.perf_counter() - start
     record = {"input": str(path), "model": predictor.model_name, "backend": predictor.backend_name,
-              "processed": summary.processed, "skipped": len(summary.skipped), "seconds": round(summary.seconds, 3),
+              "detector": "given boxes" if boxes is not None else predictor.detector_name, "processed": summary.processed, "skipped": len(summary.skipped), "seconds": round(summary.seconds, 3),
               "items": summary.items}
     atomic_write_bytes(out_dir / "summary.json", (json.dumps(record, indent=1) + "\n").encode("utf-8"))
     return summary
@@ -264,6 +264,7 @@ def predict_path(predictor: Predictor, path, out_dir, boxes=None, progress: bool
 def run_predict(config, checkpoint=None) -> PredictSummary:
     """CLI entry (-predict=PATH --loadModelPath=CKPT|ONNX [-o=DIR] [--bbox=...]): prints the summary; raises RunError
     (one sentence, non-zero exit) when nothing could be predicted."""
+    from inference.detectors import make_detector
     from engine.loading import model_spec
     from faceutil.detect import parse_boxes
 
@@ -274,10 +275,13 @@ def run_predict(config, checkpoint=None) -> PredictSummary:
     given = getattr(config, "given", ())
     name, kwargs = model_spec(config)              # used only for a bare state_dict, which records neither
     out = Path(config.out) if config.out else Path("predictions")
+    # the detector is built before any file is read, so a missing package stops the run with one sentence
+    detector = make_detector(config.detector, config.device) if boxes is None else config.detector
     predictor = Predictor(source, device=config.device, bfm=config.bfm if "bfm" in given else None,
                           model=name if "model" in given else None, model_kwargs=kwargs, export=config.export,
                           batch_size=config.batch_size, precision=config.precision,
-                          channels_last=config.channels_last, compile=config.compile, any_roll=config.any_roll)
+                          channels_last=config.channels_last, compile=config.compile, any_roll=config.any_roll,
+                          detector=detector)
     summary = predict_path(predictor, config.predict, out, boxes, progress=config.progress, smooth=config.smooth,
                            redetect_every=config.redetect_every)
     for line in summary.lines():

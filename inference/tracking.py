@@ -201,10 +201,11 @@ class FaceTracker:
         self.stats.detections += 1
         self._since_detection = 0
         if self.boxes is not None:
-            boxes, rolls = self.boxes, np.zeros(len(self.boxes))
+            boxes, rolls, calibration = self.boxes, np.zeros(len(self.boxes)), None      # --bbox: read as Haar's
         else:
             boxes, rolls = self.predictor.detect(image)
-        crops = [self.predictor.crop_for_box(b, "detector", r) for b, r in zip(boxes, rolls)]
+            calibration = self.predictor.box_calibration if len(boxes) else None
+        crops = [self.predictor.crop_for_box(b, "detector", r, calibration) for b, r in zip(boxes, rolls)]
         squares = [face_square(c) for c in crops]
         pairs = sorted(((box_iou(sq, face_square(tr.crop)), i, j) for i, sq in enumerate(squares)
                         for j, tr in enumerate(self.tracks)), reverse=True)

@@ -119,6 +119,7 @@ class FakePredictor:
 
     geometry = FakeGeometry()
     crop_for_box = staticmethod(Predictor.crop_for_box)
+    box_calibration = None                         # the Haar cascade's, as Predictor.crop_for_box reads None
 
     def __init__(self, scene: TexturedScene, noise=0.0, seed=0, extra_boxes=None, box_shift=None):
         self.scene, self.noise, self.rng = scene, noise, np.random.default_rng(seed)
