@@ -237,7 +237,7 @@ def summarise(items: list[Item], run: dict, detectors: dict) -> dict:
 
 def landmark_nme(items: list[Item], checkpoint: str, detectors: dict) -> dict:
     """68-point 2D NME (%) of the -predict path per variant, over found faces with 68 annotated points."""
-    from engine.predict import Predictor
+    from inference.predict import Predictor
     from faceutil.metrics import nme
 
     out = {}

@@ -202,7 +202,7 @@ def test_mtcnn_finds_no_face_on_face_free_photos(mtcnn, name):
 def test_the_predictor_uses_mtcnn_by_default_and_its_roll(astronaut):
     """Predictor.detect with no detector named: MTCNN, each face's own roll (the astronaut turned by 30 deg reads
     about 26.6 deg), and its calibration for the crop; --detector=haar gives the cascade and Haar's calibration."""
-    from engine.predict import Predictor
+    from inference.predict import Predictor
     from faceutil.detect import HAAR_CALIBRATION, MTCNN_CALIBRATION, FaceDetector
 
     def network(x):                                       # never called: only detection is exercised
@@ -235,7 +235,7 @@ def _crop_stats(mtcnn, image, landmarks):
     """The MTCNN crop of the face nearest the landmarks: (centre offset (2,) of the landmark box from the crop centre
     over the crop side, its side over the training side 256 / 1.5, eye line in the crop (deg), roll error (deg)),
     or None when no box lies on the face."""
-    from engine.predict import Predictor
+    from inference.predict import Predictor
     from faceutil.crop import landmark_box
     from faceutil.detect import MTCNN_CALIBRATION
 
