@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from config import Config
@@ -68,20 +69,36 @@ def _make_data(root: Path, config: Config, face_model) -> dict[str, Path]:
     return paths
 
 
-def _draw_predictions(report, raw_dir: Path, out_dir: Path, count: int = 6) -> list[Path]:
-    """Original images with true (green) and predicted (red) landmarks, written as jpg; returns the paths."""
+def _draw_predictions(report, raw_dir: Path, out_dir: Path, count: int = 6, overview: int = 4,
+                      tile: int = 200) -> list[Path]:
+    """Original images with true (green) and predicted (red) landmarks, written as jpg, and overview.png: the first
+    ``overview`` of them side by side, each cut to the square 1.5x the true landmarks' box (tile px). Returns the
+    jpg paths."""
+    import cv2
+
     from faceutil.sampleio import atomic_write_image, read_image
 
     from engine.monitor import landmark_panel
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, tiles = [], []
     for i, name in enumerate(report.names[:count]):
         image = read_image(raw_dir / f"{name}.jpg")
         panel = landmark_panel(image, report.truth[i], report.landmarks[i])
         path = out_dir / f"{name}_landmarks.jpg"
         atomic_write_image(path, panel)
         written.append(path)
+        if len(tiles) < overview:
+            lo, hi = report.truth[i][:, :2].min(axis=0), report.truth[i][:, :2].max(axis=0)
+            half = 0.75 * float((hi - lo).max())
+            cx, cy = (lo + hi) / 2
+            x0, y0 = int(round(cx - half)), int(round(cy - half))
+            side = int(round(2 * half))
+            padded = cv2.copyMakeBorder(panel, side, side, side, side, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+            crop = padded[y0 + side:y0 + 2 * side, x0 + side:x0 + 2 * side]
+            tiles.append(cv2.resize(crop, (tile, tile), interpolation=cv2.INTER_AREA))
+    if tiles:
+        atomic_write_image(out_dir / "overview.png", np.concatenate(tiles, axis=1))
     return written
 
 
