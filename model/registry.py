@@ -11,6 +11,7 @@ from torch import nn
 from faceutil.errors import FaceUtilError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+CANONICALIZABLE = ("e2tkface", "prnet")     # position-map networks: (B, 3, 256, 256) crop -> posmap / 280 of it
 
 
 class ModelConfigError(FaceUtilError, ValueError):
@@ -35,9 +36,24 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    """Build the registered model ``name`` with builder keyword overrides; an unknown name raises ModelConfigError."""
+def build_model(name: str, canonicalize: bool = False, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` with builder keyword overrides; an unknown name raises ModelConfigError.
+
+    canonicalize=True wraps a position-map network (CANONICALIZABLE) in model.canonical.Canonicalized (an angle
+    estimator turns the crop upright, the output values are turned back); it is one more builder keyword, so it
+    travels in a checkpoint's model_kwargs. Without it (or with False) the model is built exactly as before.
+    """
     key = name.lower()
     if key not in _BUILDERS:
         raise ModelConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(_BUILDERS))}.")
-    return _BUILDERS[key](**kwargs)
+    if canonicalize not in (True, False):
+        raise ModelConfigError(f"canonicalize must be true or false, got {canonicalize!r}.")
+    if canonicalize and key not in CANONICALIZABLE:
+        raise ModelConfigError(f"canonicalize needs a position-map network ({', '.join(CANONICALIZABLE)}); "
+                               f"model {name!r} cannot carry it.")
+    net = _BUILDERS[key](**kwargs)
+    if not canonicalize:
+        return net
+    from .canonical import AngleEstimator, Canonicalized     # deferred: e2cnn is slow to import
+
+    return Canonicalized(net, AngleEstimator())

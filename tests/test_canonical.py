@@ -1,0 +1,251 @@
+"""Canonicalised networks (model/canonical.py, issue 23): the angle head's quarter-turn equivariance, exactness of
+the whole network at quarter turns, the value-turn against hand-computed points, the registry option, bad input,
+and the angle supervision (roll of a position map, angle loss)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model import build_model
+from model.canonical import (AngleEstimator, Canonicalized, angle_degrees, angle_loss, check_estimator_size,
+                             quarter_turn_vectors, roll_of_posmaps, rot90_each, rotate_images, split_angle,
+                             turn_values)
+from model.registry import ModelConfigError
+
+SMALL = {"prnet": {"input_size": 64}, "e2tkface": {"input_size": 64, "width_mult": 0.25}}
+
+
+def _wrapped_degrees(a: torch.Tensor) -> torch.Tensor:
+    """Angles in degrees wrapped to [-180, 180)."""
+    return (a + 180.0) % 360.0 - 180.0
+
+
+def _crops(dtype=torch.float32, batch: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def nets(one_torch_thread):
+    """Untrained canonicalised PRNet and E2TKFace (64-px input, published head), eval mode."""
+    torch.manual_seed(0)
+    return {name: build_model(name, canonicalize=True, **kw).eval() for name, kw in SMALL.items()}
+
+
+@pytest.mark.parametrize("dtype, vector_tol, angle_tol", [(torch.float32, 1e-6, 0.05), (torch.float64, 1e-13, 1e-8)])
+def test_estimated_angle_shifts_by_exactly_a_quarter_turn_per_rot90(one_torch_thread, dtype, vector_tol, angle_tol):
+    torch.manual_seed(1)
+    est = AngleEstimator().to(dtype).eval()
+    x = _crops(dtype, batch=4, seed=1)
+    with torch.no_grad():
+        v = est(x)
+        assert v.shape == (4, 2)
+        for k in (1, 2, 3):
+            vk = est(torch.rot90(x, k, dims=(-2, -1)))
+            assert (vk - quarter_turn_vectors(v, torch.full((4,), k))).abs().max() <= vector_tol
+            shift = _wrapped_degrees(angle_degrees(vk) - angle_degrees(v) - 90.0 * k)
+            assert shift.abs().max() <= angle_tol
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_canonicalised_network_is_exact_at_quarter_turns(nets, name):
+    """F(rot90(x, k)) = F(x) with its x, y values turned by k quarter turns about 127.5; fp32 and fp64."""
+    net = nets[name]
+    for dtype, tol in ((torch.float32, 2e-5), (torch.float64, 3e-7)):   # fp64 inside; outputs are fp32 (PosmapIO)
+        net.to(dtype)
+        x = _crops(dtype)
+        with torch.no_grad():
+            y = net(x)
+            ks = split_angle(net.last_vector)[0]
+            for k in (1, 2, 3):
+                yk = net(torch.rot90(x, k, dims=(-2, -1)))
+                assert torch.equal(split_angle(net.last_vector)[0], (ks + k) % 4)          # no tie in this draw
+                expected = turn_values(y, k=torch.full((3,), k))
+                assert (yk - expected).abs().max() <= tol, (name, dtype, k)
+                assert (yk - y).abs().max() > 0.1                                         # the turn is visible
+    net.float()
+
+
+def test_value_turn_matches_hand_computed_points():
+    s = 280.0
+    points = torch.tensor([[255.0, 127.5, 7.0], [127.5, 127.5, 1.0], [200.0, 10.0, -3.0]])     # (x, y, z) pixels
+    posmap = (points.T / s).reshape(1, 3, 3, 1)                                                 # a 3x1 "map"
+    expected = {1: [[127.5, 0.0], [127.5, 127.5], [10.0, 55.0]],        # +90 (counter-clockwise as displayed)
+                2: [[0.0, 127.5], [127.5, 127.5], [55.0, 245.0]],
+                3: [[127.5, 255.0], [127.5, 127.5], [245.0, 200.0]]}
+    for k, xy in expected.items():
+        turned = turn_values(posmap, k=torch.tensor([k])).reshape(3, 3).T * s
+        assert torch.allclose(turned[:, :2], torch.tensor(xy), atol=1e-4), k
+        assert torch.equal(turned[:, 2], points[:, 2])                                            # z untouched
+        a = np.deg2rad(90.0 * k)
+        by_angle = turn_values(posmap, torch.tensor([[np.cos(a), np.sin(a)]], dtype=torch.float32))
+        assert torch.allclose(by_angle.reshape(3, 3).T * s, turned, atol=1e-4)
+
+
+def test_value_turn_agrees_with_the_augmentation_and_with_rot90_of_the_image():
+    """turn_values by 30 degrees = data/augment.rotate's posmap values; a pixel moved by rot90 lands where
+    turn_values(k=1) sends its coordinates."""
+    from data.augment import rotate
+
+    rng = np.random.default_rng(0)
+    posmap = rng.uniform(0, 255, (256, 256, 3)).astype(np.float32)
+    _, reference = rotate(np.zeros((256, 256, 3), np.uint8), posmap, 30.0)
+    a = np.deg2rad(30.0)
+    ours = turn_values(torch.from_numpy(posmap).permute(2, 0, 1)[None] / 280.0,
+                       torch.tensor([[np.cos(a), np.sin(a)]], dtype=torch.float32))
+    assert np.abs(ours[0].permute(1, 2, 0).numpy() * 280.0 - reference).max() < 1e-3
+    image = torch.zeros(1, 1, 256, 256)
+    image[0, 0, 10, 200] = 1.0                                                                   # row 10, column 200
+    row, col = map(int, torch.nonzero(torch.rot90(image, 1, dims=(-2, -1))[0, 0])[0])
+    moved = turn_values(torch.tensor([200.0, 10.0, 0.0]).reshape(1, 3, 1, 1) / 280.0, k=torch.tensor([1]))
+    assert torch.allclose(moved[0, :2, 0, 0] * 280.0, torch.tensor([float(col), float(row)]), atol=1e-4)
+
+
+def test_image_turns_follow_the_augmentation_convention():
+    """rotate_images by 90 degrees is torch.rot90 (k=1), rot90_each turns each image by its own k, and a 30-degree
+    turn matches data/augment.rotate (cv2, bilinear) on a smooth image."""
+    from data.augment import rotate
+
+    x = _crops(batch=4)
+    quarter = rotate_images(x, torch.tensor([[0.0, 1.0]]).expand(4, 2))
+    assert (quarter - torch.rot90(x, 1, dims=(-2, -1))).abs().max() < 1e-4
+    k = torch.tensor([0, 1, 2, 3])
+    each = rot90_each(x, k)
+    for i in range(4):
+        assert torch.equal(each[i], torch.rot90(x[i], int(k[i]), dims=(-2, -1)))
+    yy, xx = np.mgrid[0:256, 0:256]
+    smooth = (127 + 100 * np.sin(xx / 17.0) * np.cos(yy / 23.0)).astype(np.uint8)
+    image = np.repeat(smooth[..., None], 3, axis=2)
+    reference, _ = rotate(image, np.zeros((256, 256, 3), np.float32), 30.0)
+    a = np.deg2rad(30.0)
+    ours = rotate_images(torch.from_numpy(image).permute(2, 0, 1)[None].float(),
+                         torch.tensor([[np.cos(a), np.sin(a)]], dtype=torch.float32))[0].permute(1, 2, 0).numpy()
+    inner = slice(40, 216)                                                       # away from the lost corners
+    assert np.abs(ours[inner, inner] - reference[inner, inner]).max() <= 1.5
+
+
+def test_split_angle_gives_quarter_turns_and_the_same_residual_a_quarter_turn_apart():
+    angles = torch.tensor([0.0, 30.0, 44.0, 46.0, 100.0, -100.0, 179.0, -170.0])
+    v = 0.3 * torch.stack((torch.cos(torch.deg2rad(angles)), torch.sin(torch.deg2rad(angles))), 1)
+    k, residual = split_angle(v)
+    assert k.tolist() == [0, 0, 0, 1, 1, 3, 2, 2]
+    assert torch.allclose(_wrapped_degrees(90.0 * k + angle_degrees(residual)), angles, atol=1e-4)
+    k1, residual1 = split_angle(quarter_turn_vectors(v, torch.ones(8, dtype=torch.long)))
+    assert torch.equal(k1, (k + 1) % 4) and torch.equal(residual1, residual)
+
+
+def test_models_without_the_option_are_built_as_before():
+    from model.e2tkface import build_e2tkface
+    from model.prnet import build_prnet
+
+    for name, builder in (("prnet", build_prnet), ("e2tkface", build_e2tkface)):
+        torch.manual_seed(0)
+        plain = build_model(name, **SMALL[name])
+        torch.manual_seed(0)
+        direct = builder(**SMALL[name])
+        assert list(plain.state_dict()) == list(direct.state_dict()) and not isinstance(plain, Canonicalized)
+        assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), direct.state_dict().values()))
+        off = build_model(name, canonicalize=False, **SMALL[name])
+        assert list(off.state_dict()) == list(plain.state_dict())
+
+
+def test_the_option_travels_in_a_checkpoint_and_the_twin_agrees(nets, tmp_path):
+    from engine.checkpoint import make_checkpoint, save_checkpoint
+    from engine.loading import load_network, needs_mean_posmap
+
+    net = nets["prnet"]
+    keys = list(net.state_dict())
+    assert all(k.startswith(("backbone.", "estimator.")) for k in keys)
+    assert [k[len("backbone."):] for k in keys if k.startswith("backbone.")] == list(net.backbone.state_dict())
+    kwargs = {"canonicalize": True, **SMALL["prnet"]}
+    path = save_checkpoint(tmp_path / "c.pth", make_checkpoint(net, "prnet", kwargs))
+    eager = load_network(path, export=False)
+    twin = load_network(path, export=True)
+    assert eager.kwargs == kwargs and isinstance(eager.module, Canonicalized) and not needs_mean_posmap(net)
+    x = _crops()
+    with torch.no_grad():
+        y = net(x)
+        assert torch.equal(eager.module(x), y)
+        assert (twin.module(x) - y).abs().max() < 1e-5
+
+
+def test_mean_residual_head_is_reached_through_the_wrapper():
+    net = build_model("prnet", canonicalize=True, input_size=64, head="mean-residual")
+    net.io.set_mean_posmap(np.full((256, 256, 3), 100.0, np.float32))
+    assert torch.allclose(net.backbone.io.mean_posmap, torch.full((1, 3, 256, 256), 100.0 / 280.0))
+
+
+def test_bad_input_is_one_sentence(monkeypatch):
+    from torch import nn
+
+    from model import registry
+
+    for size in (60, 96, 4, 256 + 8):
+        with pytest.raises(ModelConfigError, match="must divide the 256 crop"):
+            check_estimator_size(size)
+    with pytest.raises(ModelConfigError, match="must divide the 256 crop"):
+        AngleEstimator(size=48)
+    with pytest.raises(ModelConfigError, match="true or false"):
+        build_model("prnet", canonicalize="yes")
+    monkeypatch.setitem(registry._BUILDERS, "classifier", lambda: nn.Linear(2, 2))
+    with pytest.raises(ModelConfigError, match="cannot carry it"):
+        build_model("classifier", canonicalize=True)
+    net = build_model("prnet", canonicalize=True, input_size=64)
+    with pytest.raises(ValueError, match="square 256x256 crops"):
+        net(torch.zeros(1, 3, 128, 128))
+
+
+def test_roll_of_a_turned_position_map_is_the_turn():
+    """A face made by data/augment.rotate(reference, a) has roll a relative to the reference."""
+    from data.augment import rotate
+
+    rng = np.random.default_rng(3)
+    reference = np.zeros((256, 256, 3), np.float32)
+    reference[64:192, 64:192] = rng.uniform(60, 200, (128, 128, 3))
+    mask = torch.zeros(256, 256)
+    mask[64:192, 64:192] = 1.0
+    maps, angles = [], [0.0, 12.0, -37.0, 100.0]
+    for a in angles:
+        maps.append(rotate(np.zeros((256, 256, 3), np.uint8), reference, a)[1])
+    batch = torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2)
+    roll = roll_of_posmaps(batch, torch.from_numpy(reference).permute(2, 0, 1)[None], mask)
+    assert torch.allclose(roll, torch.tensor(angles), atol=1e-3)
+
+
+def test_angle_loss_is_zero_on_target_two_opposite_and_pulls_toward_the_target():
+    target = torch.tensor([30.0, -120.0])
+    a = torch.deg2rad(target)
+    v = 0.2 * torch.stack((torch.cos(a), torch.sin(a)), 1)
+    assert angle_loss(v, target).abs() < 1e-6
+    assert torch.isclose(angle_loss(-v, target), torch.tensor(2.0))
+    off = torch.deg2rad(target + 20.0)
+    w = torch.stack((torch.cos(off), torch.sin(off)), 1).requires_grad_()
+    angle_loss(w, target).backward()
+    with torch.no_grad():
+        stepped = w - 0.1 * w.grad
+    assert _wrapped_degrees(angle_degrees(stepped) - target).abs().max() < 20.0
+    assert torch.isfinite(angle_loss(torch.zeros(2, 2), target))
+
+
+def test_a_canonicalised_network_trains_with_the_angle_loss(one_torch_thread):
+    """Forward / backward through estimator, resampling and value-turn: finite gradients reach both parts, and Adam
+    steps on one fixed sample lower the position-map loss plus the angle loss."""
+    torch.manual_seed(0)
+    net = build_model("prnet", canonicalize=True, input_size=64).train()
+    x = _crops(batch=2)
+    target = torch.full((2, 3, 256, 256), 0.45)
+    roll = torch.tensor([10.0, -20.0])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    losses = []
+    for step in range(4):
+        opt.zero_grad()
+        loss = (net(x) - target).abs().mean() + angle_loss(net.last_vector, roll)
+        losses.append(loss.item())
+        loss.backward()
+        if step == 0:
+            for part in (net.backbone, net.estimator):
+                grads = [p.grad for p in part.parameters() if p.requires_grad]
+                assert all(g is not None and torch.isfinite(g).all() for g in grads)
+                assert sum(g.abs().sum().item() for g in grads) > 0
+        opt.step()
+    assert losses[-1] < losses[0]
