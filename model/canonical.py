@@ -58,6 +58,7 @@ from torch.nn import functional as F
 from faceutil.uv import POSMAP_SCALE
 
 from .e2compat import apply_e2cnn_compat
+from .encoder import _make_cache_non_persistent, _own_basis, _refresh_filter_cache
 from .head import CROP_SIZE
 from .registry import ModelConfigError
 
@@ -105,9 +106,6 @@ class AngleEstimator(nn.Module):
             prev = t
         layers.append(enn.R2Conv(prev, self.out_type, 3, padding=1, bias=False))
         self.net = enn.SequentialModule(*layers)
-        from .encoder import _make_cache_non_persistent, _own_basis, _refresh_filter_cache
-
-        self._make_cache_non_persistent = _make_cache_non_persistent
         for m in self.modules():
             if isinstance(m, enn.R2Conv):
                 _own_basis(m)
@@ -119,7 +117,7 @@ class AngleEstimator(nn.Module):
         super().train(mode)
         for m in self.modules():
             if isinstance(m, enn.R2Conv):
-                self._make_cache_non_persistent(m)
+                _make_cache_non_persistent(m)
         return self
 
     def field(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +226,8 @@ class Canonicalized(nn.Module):
 
     backbone: any network with that contract (PRNet, E2TKFace); its ``io`` (model.head.PosmapIO) is exposed as
     this module's ``io``. estimator: AngleEstimator (or its export). forward keeps the last estimator vector in
-    ``last_vector`` ((B, 2), with gradient) for the angle loss; the state dict holds backbone.* and estimator.*.
+    ``last_vector`` ((B, 2), with gradient; an attribute, not a buffer, replaced at every call) for angle_loss, so
+    the output stays one tensor for every caller (-test, exports); the state dict holds backbone.* and estimator.*.
     """
 
     def __init__(self, backbone: nn.Module, estimator: nn.Module):

@@ -149,16 +149,17 @@ def test_models_without_the_option_are_built_as_before():
         assert list(off.state_dict()) == list(plain.state_dict())
 
 
-def test_the_option_travels_in_a_checkpoint_and_the_twin_agrees(nets, tmp_path):
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_the_option_travels_in_a_checkpoint_and_the_twin_agrees(nets, name, tmp_path):
     from engine.checkpoint import make_checkpoint, save_checkpoint
     from engine.loading import load_network, needs_mean_posmap
 
-    net = nets["prnet"]
+    net = nets[name]
     keys = list(net.state_dict())
     assert all(k.startswith(("backbone.", "estimator.")) for k in keys)
     assert [k[len("backbone."):] for k in keys if k.startswith("backbone.")] == list(net.backbone.state_dict())
-    kwargs = {"canonicalize": True, **SMALL["prnet"]}
-    path = save_checkpoint(tmp_path / "c.pth", make_checkpoint(net, "prnet", kwargs))
+    kwargs = {"canonicalize": True, **SMALL[name]}
+    path = save_checkpoint(tmp_path / "c.pth", make_checkpoint(net, name, kwargs))
     eager = load_network(path, export=False)
     twin = load_network(path, export=True)
     assert eager.kwargs == kwargs and isinstance(eager.module, Canonicalized) and not needs_mean_posmap(net)
@@ -167,6 +168,8 @@ def test_the_option_travels_in_a_checkpoint_and_the_twin_agrees(nets, tmp_path):
         y = net(x)
         assert torch.equal(eager.module(x), y)
         assert (twin.module(x) - y).abs().max() < 1e-5
+        k = torch.full((3,), 1)
+        assert (twin.module(torch.rot90(x, 1, dims=(-2, -1))) - turn_values(twin.module(x), k=k)).abs().max() < 2e-5
 
 
 def test_mean_residual_head_is_reached_through_the_wrapper():
