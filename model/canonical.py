@@ -60,7 +60,7 @@ from faceutil.uv import POSMAP_SCALE
 from .e2compat import apply_e2cnn_compat
 from .encoder import _make_cache_non_persistent, _own_basis, _refresh_filter_cache
 from .head import CROP_SIZE
-from .registry import ModelConfigError
+from .errors import ModelConfigError
 
 apply_e2cnn_compat()
 

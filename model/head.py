@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from faceutil.uv import POSMAP_SCALE
 
-from .registry import ModelConfigError
+from .errors import ModelConfigError
 
 HEADS = ("published", "mean-residual")
 INPUT_SIZES = (64, 128, 256)

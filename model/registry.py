@@ -1,6 +1,7 @@
 """Model registry: every architecture is a builder function registered by name; build_model(name, **kwargs) is the
 one door in, list_models() names what is there. The model modules import this one and register their builders when
-the model package is imported (model/__init__.py); this module imports none of them.
+the model package is imported (model/__init__.py); this module imports none of them (model.canonical only when
+asked to wrap one).
 """
 from __future__ import annotations
 
@@ -8,14 +9,12 @@ from typing import Callable
 
 from torch import nn
 
-from faceutil.errors import FaceUtilError
+from .errors import ModelConfigError
+
+__all__ = ["CANONICALIZABLE", "ModelConfigError", "build_model", "list_models", "register_model"]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 CANONICALIZABLE = ("e2tkface", "prnet")     # position-map networks: (B, 3, 256, 256) crop -> posmap / 280 of it
-
-
-class ModelConfigError(FaceUtilError, ValueError):
-    """A model option a user can get wrong (unknown model / encoder / attention name, bad width); one sentence."""
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
