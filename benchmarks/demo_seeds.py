@@ -4,7 +4,7 @@ minutes, and how busy the cores were (the child's CPU time / wall time / cores: 
 was running, and its minutes say nothing about speed).
 
     python -m benchmarks.demo_seeds run --seeds 0 1 2 3 4 [--time-limit 0]   # skips seeds already done
-    python -m benchmarks.demo_seeds report                                    # results/demo.md + demo.json
+    python -m benchmarks.demo_seeds report [--name demo]                      # results/<name>.md + <name>.json
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = Path("savedmodel") / "demo-seeds"
 SHARED_BELOW = 0.8          # CPU busy share below this: the cores were shared (a lone demo keeps 2 cores ~0.9 busy)
 GOAL_RATIO, GOAL_MINUTES = 0.4, 7.0
+LEFT_AT = 0.25              # an epoch whose mean spread ratio (engine.collapse) reaches this has left the mean face
 
 
 def run_seed(seed: int, work: Path, time_limit: float | None, flags: tuple[str, ...] = ()) -> dict:
@@ -41,7 +42,8 @@ def run_seed(seed: int, work: Path, time_limit: float | None, flags: tuple[str, 
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    record = {"seed": seed, "command": " ".join(cmd[1:]), "rc": rc, "wall_seconds": round(wall, 1),
+    record = {"seed": seed, "command": " ".join(["python", "torchrun.py", *cmd[2:]]), "rc": rc,
+              "wall_seconds": round(wall, 1),
               "cpu_busy": round(cpu / (wall * (os.cpu_count() or 1)), 3),
               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     write_json(out / "run.json", record)
@@ -58,17 +60,23 @@ def collect(work: Path) -> list[dict]:
         row = {"seed": int(folder.name[1:]), **json.loads(summary.read_text())}
         if (folder / "run.json").is_file():
             row.update(json.loads((folder / "run.json").read_text()))
+        history = folder / "run" / "history.json"
+        epochs = json.loads(history.read_text()) if history.is_file() else []
+        row["step_left"] = next((e["step"] for e in epochs if e.get("spread_ratio", 0.0) >= LEFT_AT), None)
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| seed | 2D NME untrained | trained | mean face | trained / mean face | learned | epochs | training "
-             "min | whole command min | cores busy |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| seed | 2D NME untrained | trained | mean face | trained / mean face | learned | left the mean face "
+             "by step | epochs | training min | whole command min | cores busy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         busy = r.get("cpu_busy")
         lines.append(f"| {r['seed']} | {r['nme2d_before']:.2f} | {r['nme2d_after']:.2f} | {r['nme2d_mean_face']:.2f} "
-                     f"| {r['after_over_mean_face']:.3f} | {'yes' if r['learned'] else 'NO'} | {r['epochs_trained']} "
+                     f"| {r['after_over_mean_face']:.3f} | {'yes' if r['learned'] else 'NO'} "
+                     f"| {r.get('step_left') or '–'} "
+                     f"| {r['epochs_trained']} "
                      f"| {r['train_seconds'] / 60:.1f} | "
                      f"{r['wall_seconds'] / 60 if 'wall_seconds' in r else r['total_seconds'] / 60:.1f} | "
                      + ("–" if busy is None else f"{busy:.2f}" + (" (shared)" if busy < SHARED_BELOW else "")) + " |")
@@ -82,9 +90,14 @@ def summary_line(rows: list[dict]) -> str:
     minutes = [r["wall_seconds"] / 60 for r in alone]
     speed = (f"whole command {min(minutes):.1f}–{max(minutes):.1f} min on {len(alone)} seed(s) run alone"
              if alone else "no seed ran alone, so no time is claimed")
+    faces = [r["nme2d_mean_face"] for r in rows]
+    left = [r["step_left"] for r in rows if r.get("step_left")]
     return (f"{len(rows)} seeds: trained 2D NME {min(after):.2f}–{max(after):.2f} % (median "
             f"{statistics.median(after):.2f} %), {min(ratios):.2f}–{max(ratios):.2f} × the mean face "
-            f"({rows[0]['nme2d_mean_face']:.2f} %); {sum(r['learned'] for r in rows)} of {len(rows)} learned; "
+            f"({min(faces):.2f}–{max(faces):.2f} % on each seed's own test faces); "
+            f"{sum(r['learned'] for r in rows)} of {len(rows)} learned; left the mean face (spread ratio "
+            f"≥ {LEFT_AT}) "
+            f"by step {min(left) if left else '–'}–{max(left) if left else '–'}; "
             f"goal ≤ {GOAL_RATIO} × the mean face {'met' if max(ratios) <= GOAL_RATIO else 'NOT met'} "
             f"({sum(x <= GOAL_RATIO for x in ratios)} of {len(rows)} seeds within it); {speed}.")
 
@@ -96,18 +109,19 @@ def cmd_report(args) -> None:
     if not rows:
         raise SystemExit(f"No finished demo under {args.work}: run `python -m benchmarks.demo_seeds run` first.")
     md = ["# The demo over several seeds", "",
-          f"Generated {_dt.datetime.now():%Y-%m-%d %H:%M} by `python -m benchmarks.demo_seeds report` from "
-          f"`{args.work}`. Each seed is the README's command `python torchrun.py --demo --seed=S` "
+          f"Generated {_dt.datetime.now():%Y-%m-%d %H:%M} by `python -m benchmarks.demo_seeds report "
+          f"--work {args.work} --name {args.name}`. Each seed is the README's command `python torchrun.py --demo "
+          "--seed=S` "
           "(commands below); 2D NME on the demo's 40 synthetic AFLW2000-format test faces; the mean face predicts "
           "the training set's mean position map for every image. 'cores busy': the command's CPU time / wall time / "
           f"cores; below {SHARED_BELOW} the cores were shared with other jobs and its minutes are not a speed figure.",
           "", summary_line(rows), ""] + table(rows) + ["", "Commands: " + "; ".join(
               sorted({f"`{r['command']}`" for r in rows if 'command' in r}) or ["(not recorded)"]), ""]
-    atomic_write_bytes(RESULTS_DIR / "demo.md", "\n".join(md).encode("utf-8"))
-    keep = ("seed", "nme2d_before", "nme2d_after", "nme2d_mean_face", "after_over_mean_face", "learned",
+    atomic_write_bytes(RESULTS_DIR / f"{args.name}.md", "\n".join(md).encode("utf-8"))
+    keep = ("seed", "nme2d_before", "nme2d_after", "nme2d_mean_face", "after_over_mean_face", "learned", "step_left",
             "epochs_trained", "train_seconds", "total_seconds", "wall_seconds", "cpu_busy", "spread_ratio", "command",
             "date")
-    write_json(RESULTS_DIR / "demo.json", {"summary": summary_line(rows), "runs": [
+    write_json(RESULTS_DIR / f"{args.name}.json", {"summary": summary_line(rows), "runs": [
         {k: r[k] for k in keep if k in r} for r in rows]})
     print(summary_line(rows))
 
@@ -130,7 +144,8 @@ def main(argv=None) -> int:
     r.add_argument("--time-limit", type=float, default=None,
                    help="minutes passed on as --time-limit (default: the demo's own, 7; 0 lifts it)")
     r.add_argument("--flags", nargs="*", default=[], help="more torchrun.py flags, e.g. --flags=--warmup=500")
-    rp = sub.add_parser("report", help="write results/demo.md and demo.json")
+    rp = sub.add_parser("report", help="write results/<name>.md and <name>.json")
+    rp.add_argument("--name", default="demo", help="file name of the report (default demo)")
     for s in (r, rp):
         s.add_argument("--work", default=str(WORK))
     args = p.parse_args(argv)
