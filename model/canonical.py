@@ -58,7 +58,7 @@ from torch.nn import functional as F
 from faceutil.uv import POSMAP_SCALE
 
 from .e2compat import apply_e2cnn_compat
-from .encoder import _make_cache_non_persistent, _own_basis, _refresh_filter_cache
+from .encoder import SteerableModule
 from .head import CROP_SIZE
 from .errors import ModelConfigError
 
@@ -75,7 +75,7 @@ def check_estimator_size(size: int) -> None:
                                f"(so that every pooling grid is symmetric under quarter turns), got {size!r}.")
 
 
-class AngleEstimator(nn.Module):
+class AngleEstimator(SteerableModule):
     """C8-steerable angle head: crop (B, 3, 256, 256) -> vector (B, 2) = r (cos t, sin t), t the in-plane angle.
 
     Args:
@@ -106,19 +106,7 @@ class AngleEstimator(nn.Module):
             prev = t
         layers.append(enn.R2Conv(prev, self.out_type, 3, padding=1, bias=False))
         self.net = enn.SequentialModule(*layers)
-        for m in self.modules():
-            if isinstance(m, enn.R2Conv):
-                _own_basis(m)
-        self.register_load_state_dict_post_hook(_refresh_filter_cache)
-        self.train(True)
-
-    def train(self, mode: bool = True):
-        """Set the mode; keep e2cnn's eval-mode filter cache out of the state dict (as model.encoder.E2Encoder)."""
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, enn.R2Conv):
-                _make_cache_non_persistent(m)
-        return self
+        self.finish_steerable()
 
     def field(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, 256, 256) crop -> (B, 2, size / 8, size / 8) frequency-1 vector field."""

@@ -92,7 +92,28 @@ class E2BasicBlock(enn.EquivariantModule):
         return self.conv1.evaluate_output_shape(shape)
 
 
-class E2Encoder(nn.Module):
+class SteerableModule(nn.Module):
+    """Base of a module built from e2cnn layers: each R2Conv owns its basis, e2cnn's eval-mode filter cache stays out
+    of the state dict (so it does not depend on the mode), and a load in eval mode rebuilds that cache.
+    Subclasses build their layers, then call ``self.finish_steerable()``."""
+
+    def finish_steerable(self) -> None:
+        for m in self.modules():
+            if isinstance(m, enn.R2Conv):
+                _own_basis(m)
+        self.register_load_state_dict_post_hook(_refresh_filter_cache)
+        self.train(True)  # drops e2cnn's placeholder `filter` buffers so that state_dict is mode-independent
+
+    def train(self, mode: bool = True):
+        """Set the mode; eval mode caches each R2Conv's expanded filter (detached: eval mode is for inference)."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, enn.R2Conv):
+                _make_cache_non_persistent(m)
+        return self
+
+
+class E2Encoder(SteerableModule):
     """C8-equivariant encoder; plain tensors in and out.
 
     Args:
@@ -152,11 +173,7 @@ class E2Encoder(nn.Module):
             enn.ReLU(last, inplace=True),
             enn.R2Conv(last, self.out_type, 3, padding=1, bias=True),
         )
-        for m in self.modules():
-            if isinstance(m, enn.R2Conv):
-                _own_basis(m)
-        self.register_load_state_dict_post_hook(_refresh_filter_cache)
-        self.train(True)  # drops e2cnn's placeholder `filter` buffers so that state_dict is mode-independent
+        self.finish_steerable()
 
     # -- forward ------------------------------------------------------------------------------------------------
     def forward_geometric(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
@@ -169,15 +186,6 @@ class E2Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_ch, H, W) float tensor -> (B, out_ch, H/8, W/8) (faithful at 8k+1 sizes: (H-1)/8 + 1)."""
         return self.forward_geometric(enn.GeometricTensor(x, self.in_type)).tensor
-
-    # -- modes / state ------------------------------------------------------------------------------------------
-    def train(self, mode: bool = True):
-        """Set the mode; eval mode caches each R2Conv's expanded filter (detached: eval mode is for inference)."""
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, enn.R2Conv):
-                _make_cache_non_persistent(m)
-        return self
 
     # -- deployment ---------------------------------------------------------------------------------------------
     @torch.no_grad()
