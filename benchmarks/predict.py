@@ -288,7 +288,8 @@ def write_markdown(path: Path, lat: list[dict], vid: list[dict], args, started: 
               "## Video path (-predict on a video)", "",
               f"{vid[0]['frames'] if vid else 0} frames of the astronaut photo ({vid[0]['size'] if vid else ''}), "
               "Haar detection on every frame, E2TKFace crop -> network -> landmarks, pose fit, shaded-mesh overlay, "
-              "mp4v encoding (inference.predict_job.predict_video); median of 2 runs per variant, alternating. Network: "
+              "mp4v encoding (inference.predict_job.predict_video); median of 2 runs per variant, alternating. "
+              "Network: "
               + (f"the --checkpoint one (`{args.checkpoint}`)" if args.checkpoint else "random full-size E2TKFace")
               + ".", "",
               "| network runs on | threads | frames/s | frames with a face |", "|---|---:|---:|---:|"]

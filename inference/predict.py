@@ -1,7 +1,8 @@
 """Prediction on arbitrary photos: the ``Predictor`` facade (image + face boxes -> landmarks, head pose, dense mesh).
 
 Owns the detector-box -> crop rule at inference, the posmap -> original-image mapping and the pose fit. The pictures
-drawn from the results live in inference/pictures.py, the -predict job (files, folders, videos) in inference/predict_job.py.
+drawn from the results live in inference/pictures.py, the -predict job (files, folders, videos) in
+inference/predict_job.py.
 """
 from __future__ import annotations
 

@@ -255,7 +255,8 @@ def predict_path(predictor: Predictor, path, out_dir, boxes=None, progress: bool
         summary.items.append(entry)
     summary.seconds = time.perf_counter() - start
     record = {"input": str(path), "model": predictor.model_name, "backend": predictor.backend_name,
-              "detector": "given boxes" if boxes is not None else predictor.detector_name, "processed": summary.processed, "skipped": len(summary.skipped), "seconds": round(summary.seconds, 3),
+              "detector": "given boxes" if boxes is not None else predictor.detector_name,
+              "processed": summary.processed, "skipped": len(summary.skipped), "seconds": round(summary.seconds, 3),
               "items": summary.items}
     atomic_write_bytes(out_dir / "summary.json", (json.dumps(record, indent=1) + "\n").encode("utf-8"))
     return summary
