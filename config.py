@@ -184,7 +184,7 @@ class Config:
     detector: str = "mtcnn"
     any_roll: bool = False
     smooth: float = 0.5
-    redetect_every: int = 10
+    redetect_every: int = 5
     export_format: str | None = None
     # demo sizes
     demo_train_count: int = 600

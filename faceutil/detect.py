@@ -89,6 +89,7 @@ class FaceDetector:
 
     name = "haar"
     calibration = HAAR_CALIBRATION
+    measures_roll = False                    # upright faces only: every box is reported at roll 0
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size_frac: float = 0.08,
                  relative_confidence: float = 0.0):

@@ -33,6 +33,7 @@ class MTCNNDetector:
     """
 
     name = "mtcnn"
+    measures_roll = True                     # each face's roll comes from its eye line (find_faces)
 
     def __init__(self, device=None, min_size_frac: float = 0.08, thresholds=(0.6, 0.7, 0.7), min_score: float = 0.0,
                  refine: bool = True):

@@ -206,6 +206,12 @@ class Predictor:
 
         return getattr(self.detector, "calibration", HAAR_CALIBRATION)
 
+    @property
+    def detector_measures_roll(self) -> bool:
+        """Whether the detector reads each face's roll (MTCNN, from its eye line) or reports every face upright
+        (the Haar cascade; also a detector object that does not say)."""
+        return bool(getattr(self.detector, "measures_roll", False))
+
     # ---------------------------------------------------------------------------------------- boxes and crops
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Face boxes of an RGB image from the Predictor's detector, and each face's roll.

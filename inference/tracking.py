@@ -11,10 +11,11 @@ benchmarks/video.py's synthetic video). The flow follows the image, not the netw
 
 The detector runs on the first frame, every N-th frame and whenever a face was lost. A detection that matches a track
 confirms it and re-places its crop's centre and scale (the detector is the reference that does not drift; the track
-keeps its id, filters and tracked turn); a track that no detection confirms MAX_MISSES times in a row is dropped.
-Landmarks, dense points and pose are smoothed by faceutil.smoothing.OneEuroFilter (strength --smooth).
-Measured on benchmarks/video.py's video with the --demo network (2026-12-05, benchmarks/results/video.md): 2D NME
-8.06 % with --smooth 0.5 against 9.41 % for per-frame detection, jitter 2.47 px against 11.07 px, 3 frames of lag.
+keeps its id and filters; the turn is the detection's when the detector reads roll, see reanchored); a track that no
+detection confirms MAX_MISSES times in a row is dropped. Landmarks, dense points and pose are smoothed by
+faceutil.smoothing.OneEuroFilter (strength --smooth). Measured on benchmarks/video.py's video with the --demo network
+and MTCNN (2026-12-07, benchmarks/results/video.md): with the defaults (detector every 5 frames, --smooth 0.5) 2D NME
+7.89 % against 7.48 % for per-frame detection, jitter 3.27 px against 14.92 px, 3 frames of lag.
 """
 from __future__ import annotations
 
@@ -90,15 +91,17 @@ def crop_from_params(centre: np.ndarray, scale: float, angle: float) -> Similari
     return Similarity(np.hstack([lin, (c - lin @ np.asarray(centre, dtype=np.float64))[:, None]]))
 
 
-def reanchored(tracked: Similarity, detected: Similarity) -> Similarity:
-    """A tracked crop re-placed by its detection: the detection's centre and scale with the track's turn (an
-    upright-only detector says 0 for a face rolled by 20 degrees; the flow knows better). A detection at a turn more
-    than REANCHOR_TURN degrees from the track's (--any-roll: the cascade also fired on the image turned by a quarter)
-    leaves the tracked crop as it is."""
+def reanchored(tracked: Similarity, detected: Similarity, keep_turn: bool = True) -> Similarity:
+    """A tracked crop re-placed by its detection: the detection's centre and scale, and, when `keep_turn`, the
+    track's turn (an upright-only detector such as the Haar cascade says 0 for a face rolled by 20 degrees; the flow
+    knows better), else the detection's (MTCNN reads the roll from the eye line, and the flow's turn lags: measured
+    on benchmarks/video.py, keeping the track's turn with MTCNN made tracking 10.1 % 2D NME against 8.6 %). A
+    detection at a turn more than REANCHOR_TURN degrees from the track's (--any-roll: the detector also fired on the
+    image turned by a quarter) leaves the tracked crop as it is."""
     (_, _, turn), (centre, scale, det_turn) = crop_params(tracked), crop_params(detected)
     if abs((det_turn - turn + 180.0) % 360.0 - 180.0) > REANCHOR_TURN:
         return tracked
-    return crop_from_params(centre, scale, turn)
+    return crop_from_params(centre, scale, turn if keep_turn else det_turn)
 
 
 @dataclass
@@ -202,9 +205,11 @@ class FaceTracker:
         self._since_detection = 0
         if self.boxes is not None:
             boxes, rolls, calibration = self.boxes, np.zeros(len(self.boxes)), None      # --bbox: read as Haar's
+            keep_turn = True
         else:
             boxes, rolls = self.predictor.detect(image)
             calibration = self.predictor.box_calibration if len(boxes) else None
+            keep_turn = not self.predictor.detector_measures_roll
         crops = [self.predictor.crop_for_box(b, "detector", r, calibration) for b, r in zip(boxes, rolls)]
         squares = [face_square(c) for c in crops]
         pairs = sorted(((box_iou(sq, face_square(tr.crop)), i, j) for i, sq in enumerate(squares)
@@ -222,7 +227,7 @@ class FaceTracker:
                 tr.misses = 0
                 i, iou = matched[j]
                 if reanchor and iou >= REANCHOR_IOU:
-                    tr.crop, tr.kind = reanchored(tr.crop, crops[i]), "detector"
+                    tr.crop, tr.kind = reanchored(tr.crop, crops[i], keep_turn), "detector"
             else:
                 tr.misses += 1
                 if tr.misses >= MAX_MISSES:

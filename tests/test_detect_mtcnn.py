@@ -67,6 +67,13 @@ def test_detector_names_agree_and_mtcnn_is_the_default():
     assert config.parse_config(["-predict=p.jpg", "--detector=haar"], check=False).detector == "haar"
 
 
+def test_only_mtcnn_says_it_reads_the_roll(mtcnn):
+    """The tracker keeps a crop's tracked turn for a detector that reports every face upright (the Haar cascade)."""
+    from faceutil.detect import FaceDetector
+
+    assert mtcnn.measures_roll is True and FaceDetector.measures_roll is False
+
+
 def test_unknown_detector_name_is_one_sentence(tmp_path, capsys):
     import torchrun
     from config import ConfigError, parse_config

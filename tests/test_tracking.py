@@ -120,6 +120,7 @@ class FakePredictor:
     geometry = FakeGeometry()
     crop_for_box = staticmethod(Predictor.crop_for_box)
     box_calibration = None                         # the Haar cascade's, as Predictor.crop_for_box reads None
+    detector_measures_roll = False                 # its boxes come at roll 0, as the Haar cascade's
 
     def __init__(self, scene: TexturedScene, noise=0.0, seed=0, extra_boxes=None, box_shift=None):
         self.scene, self.noise, self.rng = scene, noise, np.random.default_rng(seed)
@@ -172,7 +173,7 @@ def test_follow_points_recovers_a_known_motion_and_gives_up_on_a_changed_frame()
     assert follow_points(image, _texture(np.random.default_rng(6), (300, 300)), points) is None
 
 
-def test_crop_parameters_round_trip_and_a_detection_keeps_the_tracked_turn():
+def test_crop_parameters_round_trip_and_a_detection_keeps_the_tracked_turn_unless_it_reads_roll():
     from faceutil.crop import crop_similarity, rotation_about
 
     crop = crop_similarity(np.random.default_rng(0).uniform(50, 200, (68, 2))).compose(rotation_about((127.5,) * 2, 30))
@@ -182,6 +183,8 @@ def test_crop_parameters_round_trip_and_a_detection_keeps_the_tracked_turn():
     again = crop_params(reanchored(crop, detected))
     assert np.allclose(again[0], centre + [7.0, -3.0]) and again[1] == pytest.approx(scale * 1.1)
     assert again[2] == pytest.approx(30.0)                      # the upright-only detector's 0 is not taken
+    rolled = crop_params(reanchored(crop, crop_from_params(centre + [7.0, -3.0], scale * 1.1, 22.0), keep_turn=False))
+    assert np.allclose(rolled[0], centre + [7.0, -3.0]) and rolled[2] == pytest.approx(22.0)   # MTCNN's roll is
     quarter = crop_from_params(centre + [30.0, 0.0], scale, 120.0)           # found at another quarter turn
     assert reanchored(crop, quarter) is crop
 
@@ -282,6 +285,7 @@ class NoFacePredictor:
 
     geometry = NoFaceGeometry()
     model_name, backend_name, bfm = "none", "none", "synthetic"
+    detector_measures_roll = False
 
     def detect(self, image):
         return np.zeros((0, 4)), np.zeros(0)
