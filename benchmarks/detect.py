@@ -343,6 +343,12 @@ def main(argv=None) -> int:
     if args.checkpoint is None:
         lines += ["", "No `--checkpoint` was given, so the 2D NME of the whole -predict path is not measured here "
                       "(no trained checkpoint was at hand for this run)."]
+    else:
+        lines += ["", f"2D NME of -predict: the network `{args.checkpoint}` run on each variant's crops, 68 points "
+                      "normalised by sqrt(w h) of the true landmark box, mean over the faces that variant found and "
+                      "that have 68 annotated points (so each row averages its own faces; the astronaut has none). "
+                      "A network trained on synthetic faces only does not yet transfer to real photos (issue 25): "
+                      "the column compares the detectors' crops under one network, not the network."]
     n_genuine, n_faces = len(sets["genuine"]), sum(len(it.faces) for it in sets["genuine"])
     titles = {"genuine": f"{n_genuine} genuine photos (31 AFLW2000-3D, 1 300W-LP, eos_image_0010, 3 photos boxed by "
                          f"hand; {n_faces} faces, all about upright)",
