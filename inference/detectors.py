@@ -26,7 +26,10 @@ class MTCNNDetector:
 
     device: None (CUDA when available, model.device.get_device), "cpu", "cuda[:N]". min_size_frac: smallest face
     side as a fraction of the image's shorter side (at least 20 px; the Haar cascade's rule, so both search the same
-    sizes). thresholds: P-, R- and O-Net score thresholds (facenet-pytorch's defaults). min_score: boxes whose final
+    sizes). thresholds: P-, R- and O-Net score thresholds (facenet-pytorch's are 0.6, 0.7, 0.7; the P-Net's 0.5 here
+    finds the one genuine face 0.6 missed, AFLW2000-3D image00032, and the astronaut turned by 75 degrees, with no
+    false box added on the genuine photos, the turned astronaut or skimage's face-free images, measured
+    2026-12-07 on those same images: benchmarks/results/detect.md). min_score: boxes whose final
     (O-Net) score is below this are dropped. refine: look again at each face whose roll is beyond REFINE_ROLL, in a
     view of the image turned so that the face is upright (see find_faces).
     Raises RunError (one sentence naming what to install) when facenet-pytorch or its weight files are missing.
@@ -35,7 +38,7 @@ class MTCNNDetector:
     name = "mtcnn"
     measures_roll = True                     # each face's roll comes from its eye line (find_faces)
 
-    def __init__(self, device=None, min_size_frac: float = 0.08, thresholds=(0.6, 0.7, 0.7), min_score: float = 0.0,
+    def __init__(self, device=None, min_size_frac: float = 0.08, thresholds=(0.5, 0.7, 0.7), min_score: float = 0.0,
                  refine: bool = True):
         from faceutil.detect import MTCNN_CALIBRATION
         from model.device import get_device

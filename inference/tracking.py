@@ -15,7 +15,7 @@ keeps its id and filters; the turn is the detection's when the detector reads ro
 detection confirms MAX_MISSES times in a row is dropped. Landmarks, dense points and pose are smoothed by
 faceutil.smoothing.OneEuroFilter (strength --smooth). Measured on benchmarks/video.py's video with the --demo network
 and MTCNN (2026-12-07, benchmarks/results/video.md): with the defaults (detector every 5 frames, --smooth 0.5) 2D NME
-7.89 % against 7.48 % for per-frame detection, jitter 3.27 px against 14.92 px, 3 frames of lag.
+7.93 % against 7.41 % for per-frame detection, jitter 3.30 px against 14.88 px, 3 frames of lag.
 """
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ def reanchored(tracked: Similarity, detected: Similarity, keep_turn: bool = True
     """A tracked crop re-placed by its detection: the detection's centre and scale, and, when `keep_turn`, the
     track's turn (an upright-only detector such as the Haar cascade says 0 for a face rolled by 20 degrees; the flow
     knows better), else the detection's (MTCNN reads the roll from the eye line, and the flow's turn lags: measured
-    on benchmarks/video.py, keeping the track's turn with MTCNN made tracking 10.1 % 2D NME against 8.6 %). A
+    on benchmarks/video.py, keeping the track's turn with MTCNN made tracking 10.1 % 2D NME against 8.6 %, detector
+    every 10 frames, P-Net threshold 0.6). A
     detection at a turn more than REANCHOR_TURN degrees from the track's (--any-roll: the detector also fired on the
     image turned by a quarter) leaves the tracked crop as it is."""
     (_, _, turn), (centre, scale, det_turn) = crop_params(tracked), crop_params(detected)
