@@ -41,6 +41,11 @@ CHANGES.update({"adamw-threads2": dict(optimizer="adamw", threads=2), "adamw-64p
 SETS.update({"adamw-threads2": [dict(seed=s, **CHANGES["adamw-threads2"]) for s in SEEDS],
              "adamw-sizes": [dict(seed=s, **CHANGES[f"adamw-{px}px"]) for px in (64, 256) for s in SEEDS[:4]],
              "adamw-networks": [dict(seed=s, **net, **CHANGES["adamw-study"]) for net in NETWORKS for s in SEEDS[:4]]})
+# the demo recipe with AdamW and a 500-step warm-up (finding 10), at 1 and 2 torch threads: did each seed leave the mean
+# face within 350 steps (the full demo's seeds 0-2 with it left by step 140-245)?
+CHANGES.update({"adamw-w500": dict(optimizer="adamw", warmup=500, steps=350),
+                "adamw-w500-threads2": dict(optimizer="adamw", warmup=500, steps=350, threads=2)})
+SETS.update({name: [dict(seed=s, **CHANGES[name]) for s in SEEDS] for name in ("adamw-w500", "adamw-w500-threads2")})
 
 
 def run_name(spec: dict) -> str:
