@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -149,6 +150,8 @@ class Config:
     model_kwargs: dict = field(default_factory=dict)
     head: str = "mean-residual"
     input_size: int = 256
+    canonicalize: bool = False
+    angle_weight: float = 1.0
     load_model_path: str | None = None
     # optimisation
     epochs: int = 30
@@ -262,6 +265,12 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
                                "residual that starts at zero) | published (BatchNorm + tanh, as PRNet/E2TKFace)"),
     (("--input-size",), "input_size", _int, "size the network runs at inside the 256 crop: 64 | 128 | 256 (data, "
                                             "loss, evaluation and exports stay at 256)"),
+    (("--canonicalize",), "canonicalize", "bool", "wrap the position-map network in a steerable angle estimator that "
+                                                  "turns each crop upright and the output back (issue 23; exact "
+                                                  "at quarter turns, learned in between)"),
+    (("--angle-weight",), "angle_weight", _float, "--canonicalize: weight of the angle loss (1 - cos of the error "
+                                                  "against each face's roll read from its target) beside the "
+                                                  "position-map loss"),
     (("--loadModelPath", "--load-model-path"), "load_model_path", str,
      "checkpoint to evaluate, or to start training from"),
     (("--epoch", "--epochs"), "epochs", _int, "number of training epochs"),
@@ -406,6 +415,8 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
         raise ConfigError(f"--lr-decay must be in (0, 1], not {config.lr_decay}.")
     if config.warmup_steps < 0:
         raise ConfigError(f"--warmup must be 0 or more steps, not {config.warmup_steps}.")
+    if not (config.angle_weight >= 0 and math.isfinite(config.angle_weight)):
+        raise ConfigError(f"--angle-weight must be a finite number of 0 or more, not {config.angle_weight}.")
     if not 0.0 <= config.smooth <= 1.0:
         raise ConfigError(f"--smooth must lie between 0 (off) and 1, not {config.smooth}.")
     if config.redetect_every < 0:

@@ -45,6 +45,8 @@ def model_spec(config) -> tuple[str, dict]:
     if config.model in POSMAP_MODELS:
         kwargs.setdefault("head", config.head)
         kwargs.setdefault("input_size", config.input_size)
+    if config.canonicalize:                      # the registry refuses it, in one sentence, for other networks
+        kwargs.setdefault("canonicalize", True)
     return config.model, kwargs
 
 
@@ -52,6 +54,20 @@ def needs_mean_posmap(model: nn.Module) -> bool:
     """Whether the model's output head adds a mean position map (model.head.PosmapIO, head "mean-residual")."""
     io = getattr(unwrap(model), "io", None)
     return io is not None and io.head == "mean-residual"
+
+
+def check_canonicalizer(requested: dict, recorded: dict, path: Path) -> None:
+    """RunError (one sentence) when --canonicalize asks for a canonicaliser a saved network does not hold (its
+    recorded builder arguments): the angle estimator is trained with the network, it cannot be added afterwards."""
+    if requested.get("canonicalize") and not recorded.get("canonicalize"):
+        raise RunError(f"--canonicalize asks for a canonicalised network, but {path} holds one without the angle "
+                       f"estimator, which cannot be added to a saved network: train one with --canonicalize "
+                       f"(without --loadModelPath), or leave the flag out.")
+
+
+def is_canonicalized(model: nn.Module) -> bool:
+    """Whether the model is a model.canonical.Canonicalized wrapper (--canonicalize: it trains an angle estimator)."""
+    return hasattr(unwrap(model), "last_vector")
 
 
 def build_network(name: str, kwargs: dict, source: str | Path | None = None) -> nn.Module:
@@ -108,6 +124,7 @@ def load_network(path: str | Path, *, model: str | None = None, model_kwargs: di
     kwargs = dict(model_kwargs or {})
     check_model_identity(ck, path, name, model is not None)
     if ck.get("model_name") is not None:
+        check_canonicalizer(kwargs, ck.get("model_kwargs") or {}, path)
         name, kwargs = ck["model_name"], dict(ck.get("model_kwargs") or {})
     net = factory(name, **kwargs) if factory is not None else build_network(name, kwargs, path)
     load_weights(net, ck, path)

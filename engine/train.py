@@ -29,12 +29,12 @@ from engine.collapse import CollapseWatch
 from engine.checkpoint import (capture_rng_state, load_checkpoint, make_checkpoint, restore_rng_state,
                                save_checkpoint, unwrap)
 from engine.errors import RunError
-from engine.loading import (default_factory, face_model_for, load_network, model_spec, needs_mean_posmap,
-                            recorded_bfm)
+from engine.loading import (default_factory, face_model_for, is_canonicalized, load_network, model_spec,
+                            needs_mean_posmap, recorded_bfm)
 from engine.monitor import Monitor, landmark_panel, posmap_panel
 from engine.optim import lr_factor, make_optimizer, parameter_groups
 from faceutil.errors import FaceUtilError
-from faceutil.uv import UVLayout, check_face_model, uv_layout
+from faceutil.uv import POSMAP_SCALE, UVLayout, check_face_model, uv_layout
 from model.device import autocast_context, grad_scaler, to_channels_last
 from model.head import to_posmaps
 
@@ -236,6 +236,24 @@ def _build_data(config: Config, info: D.DistInfo):
 
 
 @dataclass
+class AngleTarget:
+    """What the canonicaliser's angle loss needs (model.canonical): each training face's roll is the 2D Procrustes
+    angle from the upright mean position map to its target map over the face region, weighted by --angle-weight."""
+
+    reference: torch.Tensor                # (1, 3, 256, 256) the mean position map / 280
+    mask: torch.Tensor                     # (256, 256) bool, the face region (the loss's weight mask > 0)
+    weight: float
+
+    def loss(self, vector: torch.Tensor, target_posmaps: torch.Tensor) -> torch.Tensor:
+        """vector: (B, 2) the estimator's last output; target_posmaps: (B, 3, 256, 256) -> weighted angle loss."""
+        from model.canonical import angle_loss, roll_of_posmaps
+
+        with torch.no_grad():
+            roll = roll_of_posmaps(target_posmaps.float(), self.reference, self.mask)
+        return self.weight * angle_loss(vector, roll)
+
+
+@dataclass
 class _TrainState:
     """Everything one training process carries from epoch to epoch."""
 
@@ -262,6 +280,7 @@ class _TrainState:
     history: list = field(default_factory=list)
     deadline: float | None = None
     watch: CollapseWatch | None = None     # is the network still predicting one face for every image?
+    angle: AngleTarget | None = None       # --canonicalize: the angle estimator's target and its loss weight
 
     @property
     def out(self) -> Path:
@@ -328,13 +347,21 @@ def _setup(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
         model, name, kwargs = loaded.module.to(device), loaded.name, loaded.kwargs
     else:
         model = factory(name, **kwargs).to(device)
-        if needs_mean_posmap(model):
-            try:
-                model.io.set_mean_posmap(train_set.mean_posmap())
-            except FaceUtilError as err:
-                raise RunError(str(err)) from None
-            _say(info, f"mean-residual head: mean position map of {min(len(train_set), MEAN_POSMAP_LIMIT)} "
-                       f"training samples")
+    mean_map = None
+    if (source_ckpt is None and needs_mean_posmap(model)) or is_canonicalized(model):
+        try:
+            mean_map = train_set.mean_posmap()
+        except FaceUtilError as err:
+            raise RunError(str(err)) from None
+    if source_ckpt is None and needs_mean_posmap(model):
+        model.io.set_mean_posmap(mean_map)
+        _say(info, f"mean-residual head: mean position map of {min(len(train_set), MEAN_POSMAP_LIMIT)} "
+                   f"training samples")
+    angle = None
+    if is_canonicalized(model):
+        reference = torch.as_tensor(mean_map).permute(2, 0, 1).unsqueeze(0).to(device) / POSMAP_SCALE
+        angle = AngleTarget(reference, torch.as_tensor(layout.weight_mask > 0).to(device), config.angle_weight)
+        _say(info, f"canonicaliser: angle loss x {config.angle_weight:g}, each face's roll read from its target map")
     if config.channels_last:
         to_channels_last(model)
     if info.distributed and device.type == "cuda" and config.sync_bn:
@@ -359,7 +386,7 @@ def _setup(config: Config, info: D.DistInfo, device: torch.device, factory: Mode
                         monitor=Monitor(out / "tensorboard", enabled=info.is_main),
                         deadline=time.monotonic() + 60.0 * config.time_limit if config.time_limit > 0 else None,
                         watch=CollapseWatch(torch.as_tensor(layout.weight_mask) > 0,
-                                            config.warmup_steps + COLLAPSE_CHECK_AFTER_WARMUP))
+                                            config.warmup_steps + COLLAPSE_CHECK_AFTER_WARMUP), angle=angle)
     if ckpt_resume is not None:
         _resume(state, source_ckpt, ckpt_resume)
     return state
@@ -394,6 +421,7 @@ def _train_epoch(state: _TrainState, epoch: int) -> tuple[dict, bool]:
     epoch_start = time.perf_counter()
     lr = config.lr * state.schedule(state.step)
     epoch_sum, epoch_count, stop_early = 0.0, 0, False
+    angle_sum = 0.0                                              # --canonicalize: the angle loss (unweighted)
     bar = _progress(state.loader, info, config, f"epoch {epoch + 1}/{config.epochs}")
     for batch in bar:
         x = batch["image"].to(device, non_blocking=True)
@@ -404,9 +432,15 @@ def _train_epoch(state: _TrainState, epoch: int) -> tuple[dict, bool]:
             group["lr"] = lr
         with autocast_context(device, config.precision):
             pred = state.net(x)
-        loss = state.loss_fn(pred.float(), y)
+        posmap_loss = loss = state.loss_fn(pred.float(), y)        # train_loss and best.pth: the position map's
+        if state.angle is not None:
+            angle_loss = state.angle.loss(state.model.last_vector, y)
+            angle_value = float(angle_loss.detach()) / max(state.angle.weight, 1e-12)
+            state.monitor.scalar("train/angle_loss", angle_value, state.step)
+            angle_sum += angle_value * x.shape[0]
+            loss = loss + angle_loss
         time_up = state.deadline is not None and info.is_main and time.monotonic() > state.deadline
-        stats = torch.tensor([loss.detach().double().item() * x.shape[0], x.shape[0],
+        stats = torch.tensor([posmap_loss.detach().double().item() * x.shape[0], x.shape[0],
                               0.0 if torch.isfinite(loss).item() else 1.0, float(time_up)], dtype=torch.float64)
         if info.distributed:
             stats = D.all_reduce_sum(stats.to(device)).cpu()
@@ -435,6 +469,8 @@ def _train_epoch(state: _TrainState, epoch: int) -> tuple[dict, bool]:
               "train_seconds": round(time.perf_counter() - epoch_start, 2)}
     if info.is_main and state.watch.value is not None:
         record["spread_ratio"] = round(state.watch.value, 4)
+    if state.angle is not None:                                   # this process's batches (1 - cos of the error)
+        record["angle_loss"] = round(angle_sum * max(1, info.world_size) / max(epoch_count, 1), 6)
     if stop_early:
         record["stopped_early"] = True
     return record, stop_early

@@ -136,7 +136,7 @@ def open_network(source, device=None, bfm: str | None = None, model: str | None 
     """
     import torch
 
-    from engine.loading import face_model_for, load_network
+    from engine.loading import check_canonicalizer, face_model_for, load_network
 
     name, kwargs, recorded = model, dict(model_kwargs or {}), None
     if isinstance(source, (str, Path)):
@@ -154,6 +154,7 @@ def open_network(source, device=None, bfm: str | None = None, model: str | None 
                 raise RunError(f"The ONNX file {path} holds a {meta.get('model_name')!r} model, not "
                                f"--model={model!r}; drop --model or pass --model={meta.get('model_name')}.")
             name, kwargs = meta.get("model_name", model), json.loads(meta.get("model_kwargs", "{}"))
+            check_canonicalizer(dict(model_kwargs or {}), kwargs, path)
             recorded = meta.get("bfm")
         else:
             loaded = load_network(path, model=model, model_kwargs=model_kwargs, export=export)

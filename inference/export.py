@@ -199,7 +199,8 @@ def run_export(config, checkpoint=None) -> Path:
         raise RunError(f"-export={fmt} needs --loadModelPath=PATH to a checkpoint.")
     given = getattr(config, "given", ())
     model = config.model if "model" in given else None
-    loaded = load_network(source, model=model, model_kwargs=dict(config.model_kwargs),
+    requested = {**config.model_kwargs, **({"canonicalize": True} if getattr(config, "canonicalize", False) else {})}
+    loaded = load_network(source, model=model, model_kwargs=requested,
                           bfm=config.bfm if "bfm" in given else None, export=True)
     net, name, kwargs, bfm = loaded.module, loaded.name, loaded.kwargs, loaded.bfm
     recorded = loaded.checkpoint.get("config") if isinstance(loaded.checkpoint.get("config"), dict) else {}

@@ -41,9 +41,11 @@ Design (why each choice):
   would let the estimator output "upright" for every input (the trivial solution the data never contradicts),
   and its quarter-turn equivariance would then carry no information at test time; the roll target exists for
   every sample (the target position map is always there), so no dataset lacks the supervision source.
-  Caveat for the end-to-end part: the residual is v / |v|, so the position-map loss reaches the estimator with a
-  gradient scaled by 1 / |v|, large while the untrained |v| is small (about 1e-4 on random crops); whether to
-  detach it at first is for the training-loop work (engine/train.py), not decided here.
+  The turn is made from the estimate with its gradient cut (``vector.detach()``): the estimator learns from the
+  angle loss alone, the backbone from the position-map loss. The end-to-end path would reach the estimator through
+  the residual v / |v|, with a gradient scaled by 1 / |v| (about 1e4 for an untrained estimator on random crops)
+  and through one bilinear resampling; the direct target already says what the angle should be, so that path
+  would add noise, not information.
 """
 from __future__ import annotations
 
@@ -167,9 +169,14 @@ def split_angle(vector: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor,
 
 
 def rot90_each(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Turn each image of (B, C, S, S) by its own 90 k degrees (k: (B,) 0..3), counter-clockwise as displayed;
-    torch.rot90 with dims (-2, -1), so an exact pixel permutation about the centre."""
-    turns = torch.stack([torch.rot90(x, q, dims=(-2, -1)) for q in range(4)], dim=1)     # (B, 4, C, S, S)
+    """Turn each image of (B, C, S, S) by its own 90 k degrees (k: (B,) 0..3), counter-clockwise as displayed: the
+    pixel permutation torch.rot90(x, k, dims=(-2, -1)) makes (exact), written with index_select and transpose,
+    which ONNX exports (torch.rot90 has no ONNX form)."""
+    size = x.shape[-1]
+    rev = torch.arange(size - 1, -1, -1, device=x.device)
+    flip_cols = x.index_select(-1, rev)
+    turns = torch.stack((x, flip_cols.transpose(-2, -1), flip_cols.index_select(-2, rev),
+                         x.index_select(-2, rev).transpose(-2, -1)), dim=1)             # (B, 4, C, S, S)
     return turns[torch.arange(x.shape[0], device=x.device), k]
 
 
@@ -180,10 +187,10 @@ def rotate_images(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
     Output pixel q takes the input at R(a)^-1 q; in grid_sample's normalised coordinates (align_corners=True puts
     -1 and 1 on the outer pixel centres, 0 on the centre) that is the linear map [[c, s], [-s, c]] with c, s of -a.
     """
-    c, s = cos_sin[:, 0], -cos_sin[:, 1]                                 # the inverse turn, by -a
-    zero = torch.zeros_like(c)
-    theta = torch.stack((torch.stack((c, s, zero), 1), torch.stack((-s, c, zero), 1)), 1)     # (B, 2, 3)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=True)
+    c, s = (v.to(x.dtype).view(-1, 1, 1) for v in (cos_sin[:, 0], -cos_sin[:, 1]))     # the inverse turn, by -a
+    line = torch.linspace(-1.0, 1.0, x.shape[-1], dtype=x.dtype, device=x.device)
+    gx, gy = line.view(1, 1, -1), line.view(1, -1, 1)                   # F.affine_grid's grid, written out (ONNX
+    grid = torch.stack((c * gx + s * gy, -s * gx + c * gy), dim=-1)     # has affine_grid from opset 20 only)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
@@ -214,8 +221,9 @@ class Canonicalized(nn.Module):
 
     backbone: any network with that contract (PRNet, E2TKFace); its ``io`` (model.head.PosmapIO) is exposed as
     this module's ``io``. estimator: AngleEstimator (or its export). forward keeps the last estimator vector in
-    ``last_vector`` ((B, 2), with gradient; an attribute, not a buffer, replaced at every call) for angle_loss, so
-    the output stays one tensor for every caller (-test, exports); the state dict holds backbone.* and estimator.*.
+    ``last_vector`` ((B, 2), with gradient; an attribute, not a buffer, replaced at every call) for angle_loss (the
+    turn itself is made from it detached), so the output stays one tensor for every caller (-test, exports); the
+    state dict holds backbone.* and estimator.*.
     """
 
     def __init__(self, backbone: nn.Module, estimator: nn.Module):
@@ -240,7 +248,7 @@ class Canonicalized(nn.Module):
                              f"about the centre), got shape {tuple(x.shape)}")
         vector = self.estimator(x).float()
         self.last_vector = vector
-        k, residual = split_angle(vector)
+        k, residual = split_angle(vector.detach())           # the angle loss alone trains the estimator
         out = self.backbone(self.upright(x, k, residual.to(x.dtype)))
         return turn_values(out, residual, k)
 
