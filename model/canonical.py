@@ -27,7 +27,9 @@ Design (why each choice):
   float summation). The angle t = atan2(v_y, v_x) is the face's in-plane angle in the convention above.
 - Canonicalisation (Canonicalized): k = round(t / 90) mod 4 and the residual unit vector u = v / |v| turned by
   -90 k (an exact swap and sign change of v's components, so two inputs a quarter turn apart get the same
-  residual, never one recomputed from a rounded angle). The crop is turned by -90 k with torch.rot90 (exact)
+  residual, never one recomputed from a rounded angle). The crop, first area-pooled to the backbone's input
+  size s (its own first step, PosmapIO.shrink, which commutes with quarter turns; the turn then costs (s / 256)^2
+  of the work at 256, and the pooling centre is the crop's), is turned by -90 k with a pixel permutation (exact)
   and by the residual angle with one bilinear grid_sample about the centre (zeros outside, as
   data/augment.rotate); the unchanged backbone predicts the upright position map, whose x, y values (in 256-crop
   pixels, i.e. output * 280) are turned back by the residual (float) and then by k quarter turns (exact swap and
@@ -36,11 +38,10 @@ Design (why each choice):
   inputs where two such crops may take different quarter turns; they have measure zero.
 - Training signal: the angle is supervised by each training face's own roll, read from its target position map
   (angle_loss + roll_of_posmaps: the 2D Procrustes angle that takes the upright mean face's x, y onto the
-  face's), plus the position-map loss flowing end-to-end through the residual resampling and value-turn. The
-  direct target is chosen over an end-to-end-only prior because on upright training data a prior toward upright
-  would let the estimator output "upright" for every input (the trivial solution the data never contradicts),
-  and its quarter-turn equivariance would then carry no information at test time; the roll target exists for
-  every sample (the target position map is always there), so no dataset lacks the supervision source.
+  face's). The direct target is chosen over an end-to-end-only prior because on upright training data a prior
+  toward upright would let the estimator output "upright" for every input (the trivial solution the data never
+  contradicts), and its quarter-turn equivariance would then carry no information at test time; the roll target
+  exists for every sample (the target position map is always there), so no dataset lacks the supervision source.
   The turn is made from the estimate with its gradient cut (``vector.detach()``): the estimator learns from the
   angle loss alone, the backbone from the position-map loss. The end-to-end path would reach the estimator through
   the residual v / |v|, with a gradient scaled by 1 / |v| (about 1e4 for an untrained estimator on random crops)
@@ -49,6 +50,7 @@ Design (why each choice):
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -168,16 +170,22 @@ def split_angle(vector: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor,
     return k, residual / residual.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
+@functools.lru_cache(maxsize=8)
+def _quarter_turn_sources(size: int, device: str) -> torch.Tensor:
+    """(4, S*S) int64: for each quarter turn k, the flat input pixel each output pixel of an S x S image reads."""
+    i = torch.arange(size, device=device).view(-1, 1).expand(size, size)
+    j = torch.arange(size, device=device).view(1, -1).expand(size, size)
+    last = size - 1
+    return torch.stack((i * size + j, j * size + (last - i), (last - i) * size + (last - j),
+                        (last - j) * size + i)).view(4, -1)
+
+
 def rot90_each(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Turn each image of (B, C, S, S) by its own 90 k degrees (k: (B,) 0..3), counter-clockwise as displayed: the
-    pixel permutation torch.rot90(x, k, dims=(-2, -1)) makes (exact), written with index_select and transpose,
-    which ONNX exports (torch.rot90 has no ONNX form)."""
-    size = x.shape[-1]
-    rev = torch.arange(size - 1, -1, -1, device=x.device)
-    flip_cols = x.index_select(-1, rev)
-    turns = torch.stack((x, flip_cols.transpose(-2, -1), flip_cols.index_select(-2, rev),
-                         x.index_select(-2, rev).transpose(-2, -1)), dim=1)             # (B, 4, C, S, S)
-    return turns[torch.arange(x.shape[0], device=x.device), k]
+    pixel permutation torch.rot90(x, k, dims=(-2, -1)) makes (exact), as one gather of the flattened image through
+    the permutation of its k (torch.rot90 has no ONNX form; a gather does)."""
+    index = _quarter_turn_sources(x.shape[-1], str(x.device))[k]                 # (B, S*S)
+    return torch.gather(x.flatten(2), 2, index.unsqueeze(1).expand(-1, x.shape[1], -1)).view_as(x)
 
 
 def rotate_images(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
@@ -249,7 +257,8 @@ class Canonicalized(nn.Module):
         vector = self.estimator(x).float()
         self.last_vector = vector
         k, residual = split_angle(vector.detach())           # the angle loss alone trains the estimator
-        out = self.backbone(self.upright(x, k, residual.to(x.dtype)))
+        small = self.io.shrink(x)                   # turned at the backbone's input size: (s / 256)^2 of the work
+        out = self.backbone(self.upright(small, k, residual.to(x.dtype)))
         return turn_values(out, residual, k)
 
     def export(self) -> "Canonicalized":

@@ -55,8 +55,9 @@ class PosmapIO(nn.Module):
             self.register_buffer("mean_posmap", torch.zeros(1, 3, CROP_SIZE, CROP_SIZE))
 
     def shrink(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 256, 256) crop -> (B, 3, s, s): the mean of each factor x factor block (area resampling)."""
-        return x if self.factor == 1 else F.avg_pool2d(x, self.factor)
+        """(B, 3, 256, 256) crop -> (B, 3, s, s): the mean of each factor x factor block (area resampling). A crop
+        already shrunk, (B, 3, s, s), passes through (model.canonical turns it upright at that size)."""
+        return x if self.factor == 1 or x.shape[-1] == self.input_size else F.avg_pool2d(x, self.factor)
 
     def expand(self, y: torch.Tensor) -> torch.Tensor:
         """(B, 3, s, s) network output -> (B, 3, 256, 256) position map / 280 of the 256 crop (float32)."""
