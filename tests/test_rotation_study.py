@@ -142,10 +142,24 @@ def _baseline() -> dict:
             "facts": {"seconds": 12.0}, "command": "c", "date": "2026-12-03 19:00 UTC", "machine": "m"}
 
 
+def _canonical_run(label: str, seed: int) -> dict:
+    """A canonicalised run (no rotation augmentation) that is exactly robust: its NME is the same at every angle;
+    its oracle loses 0.2 points at every turned angle; its angle estimate is off by 1 degree (3 off the grid)."""
+    run = _run(label, False, seed, 0.0)
+    run["nme_oracle"] = {str(a): {"mean": 5.0 + (0.2 if a else 0.0)} for a in design.ANGLES}
+    run["angle_error"] = {str(a): {"mean": 1.0, "max": 2.0} for a in design.ANGLES}
+    run["angle_error"].update({str(a): {"mean": 3.0, "max": 4.0} for a in design.OFF_GRID_ANGLES})
+    run["nme_off_grid"] = {str(a): {"mean": 6.0} for a in design.OFF_GRID_ANGLES}
+    return run
+
+
 def _fake_runs(cnn_better: bool) -> list:
     runs = []
     for seed in (0, 1):
         for label, _, _ in design.MODELS:
+            if label in design.CANONICALISED:
+                runs.append(_canonical_run(label, seed))
+                continue
             for rotation in (True, False):
                 slope = 0.01 if label in design.EQUIVARIANT else 0.05
                 if cnn_better:
@@ -185,12 +199,13 @@ def _report(tmp_path, runs) -> str:
 def test_report_tables_numbers_and_verdict(tmp_path, cnn_better):
     text = _report(tmp_path, _fake_runs(cnn_better))
     tables = _tables(text)
-    assert len(tables) == 3                                          # angles, negative side, yaw bins
+    assert len(tables) == 4                                # angles, negative side, yaw bins, canonicalised networks
     for table in tables:
         assert len({len(r) for r in table}) == 1                    # every row has the header's column count
         assert all(re.fullmatch(r"-+", c) for c in table[1])
     angle_table = tables[0]
-    assert len(angle_table) == 3 + 2 * len(design.MODELS)               # + the mean-face reference row
+    # + the mean-face reference row; the canonicalised networks are trained without rotation augmentation only
+    assert len(angle_table) == 3 + 2 * len(design.MODELS) - len(design.CANONICALISED)
     header = angle_table[0]
     assert header[3:3 + len(design.ANGLES)] == [f"{a}°" + ("*" if a in (90, 180) else "") for a in design.ANGLES]
     row = next(r for r in angle_table if r[0] == "E2TKFace faithful" and r[1] == "no rotation")
@@ -210,10 +225,17 @@ def test_report_tables_numbers_and_verdict(tmp_path, cnn_better):
         assert "is NOT more robust" in text and "IS more robust" not in text
     else:
         assert "IS more robust" in text and "NOT" not in text
-    assert "total CPU time 17.8 min" in text                        # 16 runs x 66 s + 12 s reference
+    assert "total CPU time 22.2 min" in text                        # 20 runs x 66 s + 12 s reference
+    canonical = tables[3]
+    assert [r[:2] for r in canonical[2:]] == [[label, str(s)] for label in sorted(design.CANONICALISED) for s in (0, 1)]
+    for row in canonical[2:]:                      # 0 deg, cost, exact, against the backbone alone, oracle cost ...
+        seed = int(row[1])
+        assert row[2:7] == [f"{5.0 + 0.1 * seed:.2f}", "+0.00", "0.000", "+0.00", "+0.20"]
+        assert row[7:9] == ["1.0° / 2.0°", "3.0° / 4.0°"] and row[9].startswith("7°: 6.00")
+    assert "- cost of rotation at most 1 NME point: met (worst +0.000" in text
     img = cv2.imread(str(tmp_path / "out" / "rotation.png"))
     assert img is not None and img.ndim == 3 and img.shape[0] > 200 and (img < 250).any()
-    assert json.loads((tmp_path / "out" / "rotation.json").read_text())["cpu_minutes"] == 17.8
+    assert json.loads((tmp_path / "out" / "rotation.json").read_text())["cpu_minutes"] == 22.2
 
 
 def test_failing_runs_are_flagged_and_left_out_of_the_conclusion(tmp_path):
@@ -275,7 +297,8 @@ def test_merge_combines_folders_and_refuses_other_settings(tmp_path, capsys):
     b = _write_dir(tmp_path / "b", [r for r in runs if r["label"] not in half], baseline=False)
     result = cli.main(["--merge", str(a), str(b), "--out", str(tmp_path / "all")])
     assert len(result["runs"]) == len(runs)
-    assert len(_tables((tmp_path / "all" / "rotation.md").read_text())[0]) == 3 + 2 * len(design.MODELS)
+    assert len(_tables((tmp_path / "all" / "rotation.md").read_text())[0]) == \
+        3 + 2 * len(design.MODELS) - len(design.CANONICALISED)
     other = dict(runs[0], settings={**SETTINGS, "steps": 99})
     _write_dir(tmp_path / "c", [other], baseline=False)
     with pytest.raises(SystemExit) as err:
@@ -332,12 +355,29 @@ def test_arguments_refuse_unsafe_or_crashing_settings():
 @pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path):
     result = cli.main(["--smoke", "--out", str(tmp_path)])
-    assert len(result["runs"]) == 2 * 2 * len(design.MODELS)
+    assert len(result["runs"]) == 2 * (2 * len(design.MODELS) - len(design.CANONICALISED))
     assert (tmp_path / "rotation.md").is_file() and (tmp_path / "rotation.png").is_file()
     assert all(np.isfinite(r["nme"][a]["mean"]) for r in result["runs"] for a in cli.SMOKE["angles"])
     assert "mean face (constant, reference)" in (tmp_path / "rotation.md").read_text()
     assert all(r["facts"]["device"] == "cpu" and r["facts"]["cpu_seconds"] > 0 and r["facts"]["run_seconds"] > 0
                and analysis.cpu_busy(r) > 0 for r in result["runs"])
+
+
+def test_a_canonicalised_run_is_exact_at_quarter_turns_and_records_its_extras(tmp_path):
+    """The smoke study of the canonicalised PRNet (no rotation augmentation only): its NME at 90 and 180 degrees
+    equals 0 degrees' and its angle estimate turns by exactly the test angle there, whatever its (barely trained)
+    weights; the record carries the oracle, the angle errors and the off-grid NME at every angle."""
+    result = cli.main(["--smoke", "--out", str(tmp_path), "--models", "PRNet + canonicaliser", "--negative-models"])
+    runs = result["runs"]
+    assert [(r["label"], r["rotation"]) for r in runs] == [("PRNet + canonicaliser", False)] * 2
+    for r in runs:
+        nme = r["nme"]
+        assert abs(nme[90]["mean"] - nme[0]["mean"]) < 1e-3 and abs(nme[180]["mean"] - nme[0]["mean"]) < 1e-3
+        assert r["angle_error"]["90"]["max"] < 1e-2 and r["angle_error"]["180"]["max"] < 1e-2
+        assert set(r["nme_oracle"]) == {str(a) for a in list(cli.SMOKE["angles"]) + list(design.OFF_GRID_ANGLES)}
+        assert set(r["nme_off_grid"]) == {str(a) for a in design.OFF_GRID_ANGLES}
+        assert r["facts"]["first_angle_loss"] > 0
+    assert not (tmp_path / "rotation_runs" / "prnet+canonicaliser_rot_seed0.json").exists()
 
 
 def test_contention_is_read_from_process_cpu_time():

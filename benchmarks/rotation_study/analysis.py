@@ -7,7 +7,7 @@ import functools
 import math
 import statistics
 
-from benchmarks.rotation_study.design import EQUIVARIANT, MIN_WIDTH, MODELS, PASS_RATIO, is_exact
+from benchmarks.rotation_study.design import CANONICALISED, EQUIVARIANT, MIN_WIDTH, MODELS, PASS_RATIO, is_exact
 from benchmarks.rotation_study.runs import passes, run_filename
 from data.augment import MAX_ANGLE_DEG       # the training augmentation's rotation range (±)
 
@@ -78,9 +78,10 @@ def summarise(runs: list, baseline: dict | None) -> dict:
 def _verdict(rows: dict) -> str | None:
     """Equivariant vs not, by the cost of rotation (rotated-angle mean minus 0 deg): a difference counts when it
     exceeds twice the combined seed spread (2 sqrt(s1^2 + s2^2)); only models with at least two passing seeds take
-    part (one seed has no spread)."""
+    part (one seed has no spread). The canonicalised networks are not in this question (the paper's encoder against
+    plain networks); their own section answers for them."""
     eq = [k for k in EQUIVARIANT if k in rows]
-    others = [k for k in rows if k not in EQUIVARIANT]
+    others = [k for k in rows if k not in EQUIVARIANT and k not in CANONICALISED]
     if not eq or not others:
         return None
     eq2, others2 = ([k for k in group if len(rows[k]["gap"]) >= 2] for group in (eq, others))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine_line
-from benchmarks.rotation_study.design import ANGLES, MODELS
+from benchmarks.rotation_study.design import ANGLES, CANONICALISED, MODELS, OFF_GRID_ANGLES
 from benchmarks.rotation_study.runs import BASELINE_FILE, RunFileError, read_run, run_filename, settings_difference
 from benchmarks.rotation_study.runs import write_run
 from benchmarks.study_data import DATA_WORK, make_data
@@ -91,8 +91,9 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     from data.index import read_index
     from data.loader import build_loader
     from engine.optim import lr_factor, parameter_groups
-    from engine.loading import needs_mean_posmap
-    from engine.train import seed_everything
+    from engine.loading import is_canonicalized, needs_mean_posmap
+    from engine.train import AngleTarget, seed_everything
+    from faceutil.uv import POSMAP_SCALE
     from model.device import autocast_context
     from model.loss import WeightedPosmapLoss
     from model.registry import build_model
@@ -103,16 +104,21 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     model = build_model(name, **kwargs)
     names = read_index(train_root)
     dataset = PosmapDataset(train_root, names, augment=True, seed=seed, rotation=rotation)
+    mean_map = dataset.mean_posmap() if needs_mean_posmap(model) or is_canonicalized(model) else None
     if needs_mean_posmap(model):
-        model.io.set_mean_posmap(dataset.mean_posmap())
+        model.io.set_mean_posmap(mean_map)
     model = model.to(device)
+    angle = None                     # a canonicalised network: its angle estimator learns each face's roll (weight 1)
+    if is_canonicalized(model):
+        angle = AngleTarget(torch.as_tensor(mean_map).permute(2, 0, 1)[None].to(device) / POSMAP_SCALE,
+                            torch.as_tensor(weight_mask > 0).to(device), 1.0)
     loader = build_loader(dataset, batch_size=batch, workers=workers, shuffle=True, seed=seed,
                           drop_last=len(dataset) >= batch, device=device)
     optimizer = torch.optim.Adam(parameter_groups(model, settings["weight_decay"]), lr=lr)
     factor = functools.partial(lr_factor, warmup_steps=settings["warmup"], steps_per_epoch=len(loader),
                                total_steps=steps, schedule="cosine")
     loss_fn = WeightedPosmapLoss(weight_mask).to(device)
-    step, epoch, losses, start = 0, 0, [], time.perf_counter()
+    step, epoch, losses, angle_losses, start = 0, 0, [], [], time.perf_counter()
     model.train()
     while step < last:
         loader.sampler.set_epoch(epoch)
@@ -125,11 +131,15 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
             with autocast_context(device, settings["precision"]):
                 out = model(x)
             loss = loss_fn(out.float(), y)
+            losses.append(float(loss.detach()))                 # the position map's loss (the facts' losses)
+            if angle is not None:
+                angle_loss = angle.loss(model.last_vector, y)
+                angle_losses.append(float(angle_loss.detach()))
+                loss = loss + angle_loss
             if not torch.isfinite(loss):
                 raise RuntimeError(f"{name} {kwargs} seed {seed}: loss is not finite at step {step}")
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
             step += 1
             if on_step is not None:
                 on_step(step, model, out, losses[-1])
@@ -149,7 +159,53 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
     facts = {"steps": step, "epochs": epoch, "train_seconds": round(train_s, 2),
              "first_loss": losses[0] if losses else None, "last_loss": float(np.mean(losses[-10:])) if losses else None,
              "parameters": int(sum(p.numel() for p in model.parameters()))}
+    if angle_losses:
+        facts.update(first_angle_loss=angle_losses[0], last_angle_loss=float(np.mean(angle_losses[-10:])))
     return model.eval(), facts
+
+
+class _FixedAngle:
+    """Stands in for a canonicalised network's angle estimator: every crop's angle is `angle_deg` (the oracle)."""
+
+    def __init__(self, angle_deg: float):
+        self.vector = (float(np.cos(np.radians(angle_deg))), float(np.sin(np.radians(angle_deg))))
+
+    def __call__(self, x):
+        return x.new_tensor(self.vector).float().expand(x.shape[0], 2)
+
+
+def evaluate_canonicalised(model, items: list, kpt_ind: np.ndarray, device, batch: int, angles) -> dict:
+    """What a canonicalised run adds to its record (issue 23), over the test angles and OFF_GRID_ANGLES:
+    nme_off_grid {angle: 2D NME %}; nme_oracle {angle: NME} with the estimator replaced by the true test angle (the
+    crop turned back exactly as it was turned: what a perfect canonicaliser gives this backbone); angle_error
+    {angle: {"mean", "max"} |degrees|}: the estimate on the turned crop against the estimate on the unturned one
+    plus the test angle (the face's own roll cancels)."""
+    import torch
+
+    from engine.evaluate import evaluate_model
+    from model.canonical import Canonicalized, angle_degrees
+
+    out = {"nme_off_grid": evaluate_angles(model, items, kpt_ind, device, batch, OFF_GRID_ANGLES),
+           "nme_oracle": {}, "angle_error": {}}
+    for angle in list(angles) + list(OFF_GRID_ANGLES):
+        oracle = Canonicalized(model.backbone, _FixedAngle(angle)).eval()
+        report = evaluate_model(oracle, RotatedEvalSet(items, angle), kpt_ind, None, device, batch)
+        out["nme_oracle"][int(angle)] = {"mean": float(np.mean(report.nme2d))}
+
+    def estimates(angle):
+        found = []
+        data = RotatedEvalSet(items, angle)
+        with torch.no_grad():
+            for k in range(0, len(data), batch):
+                x = torch.stack([data[i]["image"] for i in range(k, min(k + batch, len(data)))]).to(device)
+                found.append(angle_degrees(model.estimator(x).float()).cpu().numpy())
+        return np.concatenate(found)
+
+    upright = estimates(0)
+    for angle in list(angles) + list(OFF_GRID_ANGLES):
+        err = np.abs((estimates(angle) - upright - angle + 180.0) % 360.0 - 180.0)
+        out["angle_error"][int(angle)] = {"mean": float(err.mean()), "max": float(err.max())}
+    return out
 
 
 def evaluate_angles(model, items: list, kpt_ind: np.ndarray, device, batch: int, angles=ANGLES) -> dict:
@@ -239,7 +295,7 @@ def train_missing(args, runs_dir: Path, argv=None) -> None:
             if label not in args.models:
                 continue
             kwargs = model_kwargs(name, base, args.width_mult, args.topk, args.size, args.head)
-            for rotation in (False, True):
+            for rotation in ((False,) if label in CANONICALISED else (False, True)):
                 path = runs_dir / run_filename(label, rotation, seed)
                 if _existing(path, settings) is not None:
                     skipped += 1
@@ -253,11 +309,13 @@ def train_missing(args, runs_dir: Path, argv=None) -> None:
                 t0 = time.perf_counter()
                 angles = all_angles if label in args.negative_models else args.angles
                 nme = evaluate_angles(model, items, kpt_ind, device, args.batch, angles)
+                extra = (evaluate_canonicalised(model, items, kpt_ind, device, args.batch, args.angles)
+                         if label in CANONICALISED else {})
                 facts["eval_seconds"] = round(time.perf_counter() - t0, 2)
                 facts.update(cpu_seconds=round(time.process_time() - cpu0, 2), threads=threads, device=str(device),
                              run_seconds=round(time.perf_counter() - wall0, 2))
                 write_run(path, {"label": label, "model": name, "kwargs": kwargs, "rotation": rotation, "seed": seed,
-                                 "settings": settings, "facts": facts, "nme": nme, **_stamp(device, argv)})
+                                 "settings": settings, "facts": facts, "nme": nme, **extra, **_stamp(device, argv)})
                 trained += 1
                 print(f"seed {seed} {label:<18} {'rot' if rotation else 'no-rot'}: {facts['steps']} steps "
                       f"{facts['train_seconds']:.0f} s + eval {facts['eval_seconds']:.0f} s, NME "

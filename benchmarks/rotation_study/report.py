@@ -9,12 +9,13 @@ from pathlib import Path
 from benchmarks.common import json_default, write_json
 from benchmarks.rotation_study.analysis import YAW_BINS, conclusion, contention_sentence, encoder_equivariance
 from benchmarks.rotation_study.analysis import mean_std, pm, summarise
+from benchmarks.rotation_study.canonical import canonical_record, canonical_section
 from benchmarks.rotation_study.design import PASS_RATIO, is_exact
 from benchmarks.rotation_study.runs import collect_runs, passes
 
 BIN_LABELS = {"|yaw|<=30": "yaw ≤ 30°", "30<|yaw|<=60": "30° < yaw ≤ 60°", "|yaw|>60": "yaw > 60°"}  # no "|" in md
 COLOURS = {"E2TKFace faithful": "#0072B2", "E2TKFace aligned": "#009E73", "E2TKFace CNN": "#E69F00",
-           "PRNet": "#D55E00"}
+           "PRNet": "#D55E00", "E2TKFace aligned + canonicaliser": "#CC79A7", "PRNet + canonicaliser": "#56B4E9"}
 
 
 def _loss_note(run: dict) -> str:
@@ -144,14 +145,15 @@ def write_report(out: Path, runs: list, baseline: dict | None, meta: dict) -> tu
             avg.append(pm(per_seed))
         md.append(f"| {g['label']} | {'rotation' if g['rotation'] else 'no rotation'} | "
                   + " | ".join(at0) + " | " + " | ".join(avg) + " |")
-    md += ["", "Test images per yaw bin: " + ", ".join(f"{BIN_LABELS[b]}: {counts.get(b, 0)}" for b in YAW_BINS), "",
-           "![NME vs angle](rotation.png)", ""]
+    md += ["", "Test images per yaw bin: " + ", ".join(f"{BIN_LABELS[b]}: {counts.get(b, 0)}" for b in YAW_BINS)]
+    md += canonical_section(runs, baseline)
+    md += ["", "![NME vs angle](rotation.png)", ""]
     md_path, png_path = out / "rotation.md", out / "rotation.png"
     atomic_write_bytes(md_path, "\n".join(md).encode("utf-8"))
     draw_plot(groups, sorted(negatives) + angles, base, png_path)
     record = {"meta": meta, "baseline": base, "cpu_minutes": round(seconds / 60, 1),
               "groups": {k: {kk: vv for kk, vv in g.items() if kk != "bins"} for k, g in groups.items()},
-              "conclusion": conclusion(groups)}
+              "conclusion": conclusion(groups), "canonicalised": canonical_record(runs, baseline)}
     write_json(out / "rotation.json", record, default=json_default)
     return md_path, png_path
 

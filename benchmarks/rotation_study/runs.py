@@ -19,7 +19,7 @@ class RunFileError(Exception):
 
 
 def run_filename(label: str, rotation: bool, seed: int) -> str:
-    return f"{label.lower().replace(' ', '-')}_{'rot' if rotation else 'norot'}_seed{seed}.json"
+    return f"{label.lower().replace(' + ', '+').replace(' ', '-')}_{'rot' if rotation else 'norot'}_seed{seed}.json"
 
 
 def settings_difference(a: dict, b: dict) -> str | None:
