@@ -146,6 +146,17 @@ def fit_pose(vertices: np.ndarray, mean_points: np.ndarray, image_height: int) -
             "rotation": rot, "translation": t}
 
 
+def eye_line_roll(landmarks: np.ndarray) -> float:
+    """A face's turn in the image (degrees, counter-clockwise as displayed) from its 68 landmarks (image px): the
+    five points MTCNN gives (eye centres 36-41 and 42-47, nose tip 30, mouth corners 48 and 54) read by
+    faceutil.detect.roll_from_five_points."""
+    from faceutil.detect import roll_from_five_points
+
+    p = np.asarray(landmarks, dtype=np.float64)[:, :2]
+    five = np.stack([p[36:42].mean(axis=0), p[42:48].mean(axis=0), p[30], p[48], p[54]])
+    return float(roll_from_five_points(five)[0])
+
+
 # ============================================================================================ the facade
 class Predictor:
     """image + face boxes -> list[FaceResult]: crop each face like the evaluation crop, run the network in batches,
@@ -162,7 +173,9 @@ class Predictor:
     channels_last: NHWC convolutions; compile: torch.compile the network. None of these applies to an .onnx file.
     detector: the face detector used when no boxes are given: a name of inference.detectors.DETECTORS ("mtcnn", the
     default, or "haar"; built on first use, on `device`) or a detector object (``find_faces`` or ``detect``,
-    and ``calibration``). any_roll: also run it on the image turned by 90, 180 and 270 degrees (see detect).
+    and ``calibration``). any_roll: also run it on the image turned by 90, 180 and 270 degrees (see detect); with
+    a canonicalised network (--canonicalize) each face is then cropped again, upright, at the turn its first
+    prediction shows (see __call__).
     """
 
     def __init__(self, source, device=None, bfm: str | None = None, model: str | None = None,
@@ -291,6 +304,14 @@ class Predictor:
         if len(rolls) != len(boxes):
             raise ValueError(f"{len(rolls)} rolls for {len(boxes)} boxes")
         sims = [self.crop_for_box(b, box_kind, r, calibration) for b, r in zip(boxes, rolls)]
+        if self.any_roll and self.model_kwargs.get("canonicalize") and len(sims):
+            # a canonicalised network reads a face's turn at any angle (its output is turned back by its estimate),
+            # where a detector gives quarter turns (Haar) or reads past 60 degrees wrongly (MTCNN): the face is
+            # cropped again from the photo at the turn its first prediction's eye line shows, so the second
+            # prediction sees it upright through one resampling of the photo, with no corners turned out of view
+            first = self.predict_crops(image, sims, boxes, [box_kind] * len(boxes), rolls)
+            rolls = np.array([eye_line_roll(f.landmarks) for f in first])
+            sims = [self.crop_for_box(b, box_kind, r, calibration) for b, r in zip(boxes, rolls)]
         return self.predict_crops(image, sims, boxes, [box_kind] * len(boxes), rolls)
 
     def predict_crops(self, image: np.ndarray, sims: list, boxes, box_kinds: list[str], rolls) -> list[FaceResult]:

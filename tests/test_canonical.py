@@ -343,3 +343,40 @@ def test_canonicalize_on_a_saved_network_without_it_is_one_sentence(tmp_path, ca
         assert "--canonicalize asks for a canonicalised network" in err and "Traceback" not in err, argv
     assert torchrun.main(["-train", f"-td={tmp_path}", "--angle-weight=-1"]) != 0
     assert "--angle-weight must be a finite number of 0 or more" in capsys.readouterr().err
+
+
+def test_eye_line_roll_reads_a_turned_landmark_set():
+    """The five points of a 68-landmark face turned by a known angle give that angle back (the face's own small
+    eye-line tilt subtracted)."""
+    from faceutil.crop import rotation_about
+    from faceutil.facemodel import load_model
+    from faceutil.synthetic import draw_params, render_sample
+    from inference.predict import eye_line_roll
+
+    model = load_model("synthetic")
+    pose, shape, exp = draw_params(np.random.default_rng(3), model, "AFLW2000", 300)
+    _, lms = render_sample(model, pose, shape, exp, np.random.default_rng(4), 300)
+    own = eye_line_roll(lms)
+    for turn in (-150.0, -35.0, 20.0, 95.0, 170.0):
+        turned = rotation_about((150.0, 150.0), turn).apply(lms[:, :2])
+        got = eye_line_roll(turned)
+        assert abs((got - own - turn + 180.0) % 360.0 - 180.0) < 1e-6, (turn, got, own)
+
+
+def test_any_roll_recrops_a_canonicalised_network_at_the_turn_it_sees(canon_run, tmp_path):
+    """-predict --any-roll with a canonicalised network: each face is cropped a second time at the turn its first
+    prediction's eye line shows (FaceResult.roll); without --any-roll the crop stays at the detector's turn."""
+    import cv2
+
+    from inference.predict import Predictor, eye_line_roll
+
+    root, result = canon_run
+    image = cv2.cvtColor(cv2.imread(str(sorted((root / "test_raw").glob("*.jpg"))[0])), cv2.COLOR_BGR2RGB)
+    box = [[100.0, 100.0, 350.0, 350.0]]
+    plain = Predictor(result.last_path, device="cpu")
+    turned = Predictor(result.last_path, device="cpu", any_roll=True)
+    first = plain(image, boxes=box, box_kind="detector")[0]
+    assert first.roll == 0.0
+    second = turned(image, boxes=box, box_kind="detector")[0]
+    assert second.roll == pytest.approx(eye_line_roll(first.landmarks))
+    assert second.crop.angle == pytest.approx(plain.crop_for_box(box[0], "detector", second.roll).angle)
