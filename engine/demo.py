@@ -131,7 +131,7 @@ def run_demo(config: Config) -> dict:
     """Run the demo; prints progress and the before/after NME; returns the summary dict (also demo_summary.json)."""
     from faceutil.facemodel import load_model
     from faceutil.sampleio import atomic_write_bytes
-    from faceutil.uv import POSMAP_SCALE, uv_layout
+    from faceutil.uv import uv_layout
 
     from engine.evaluate import MeanPosmapModel, run_evaluation
     from engine.loading import default_factory, model_spec, needs_mean_posmap
@@ -149,22 +149,22 @@ def run_demo(config: Config) -> dict:
     cfg = config.replace(train_dir=str(paths["train"]), predict_dir=str(paths["test"]), out=str(run_dir),
                          val_dir=None)
 
-    # untrained network: same seed and initialisation as the one that will be trained
+    mean_face = MeanPosmapModel(paths["train"])
+    reference = run_evaluation(cfg, model=mean_face, tag="mean-face", uv=uv, quiet=True)
+    # untrained network: same seed and initialisation as the one that will be trained; with the mean-residual head
+    # it predicts exactly the mean training face (its last layer starts at zero), so it is not evaluated twice
     name, kwargs = model_spec(cfg)
     torch.manual_seed(cfg.seed)
     untrained = default_factory(name, **kwargs).eval()
-    mean_face = MeanPosmapModel(paths["train"])       # read once: the reference below and the untrained head's map
     starts_at_mean = needs_mean_posmap(untrained)
-    if starts_at_mean:                               # the mean-residual head starts at the mean training face
-        untrained.io.set_mean_posmap(mean_face.map.permute(1, 2, 0).numpy() * POSMAP_SCALE)
-    before = run_evaluation(cfg, model=untrained.export() if hasattr(untrained, "export") else untrained,
-                            tag="untrained", uv=uv, quiet=True)
+    before = reference if starts_at_mean else run_evaluation(
+        cfg, model=untrained.export() if hasattr(untrained, "export") else untrained, tag="untrained", uv=uv,
+        quiet=True)
     del untrained
     print(f"untrained {name}: 2D NME {before.summary['pt3d_68 2D']['mean']:.2f} % on "
-          f"{len(before.names)} test images" + (" (the mean-residual head starts at the mean face)"
-                                                if starts_at_mean else ""), flush=True)
+          f"{len(before.names)} test images" + (" (the mean-residual head starts at the mean face: the reference "
+                                                "below)" if starts_at_mean else ""), flush=True)
 
-    reference = run_evaluation(cfg, model=mean_face, tag="mean-face", uv=uv, quiet=True)
     print(f"mean-face reference (the mean training position map for every image): 2D NME "
           f"{reference.summary['pt3d_68 2D']['mean']:.2f} %", flush=True)
 
