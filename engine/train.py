@@ -245,12 +245,13 @@ class AngleTarget:
     weight: float
 
     def loss(self, vector: torch.Tensor, target_posmaps: torch.Tensor) -> torch.Tensor:
-        """vector: (B, 2) the estimator's last output; target_posmaps: (B, 3, 256, 256) -> weighted angle loss."""
+        """vector: (B, 2) the estimator's last output; target_posmaps: (B, 3, 256, 256) -> the angle loss, mean of
+        1 - cos of the error (unweighted: the training adds ``weight`` times it)."""
         from model.canonical import angle_loss, roll_of_posmaps
 
         with torch.no_grad():
             roll = roll_of_posmaps(target_posmaps.float(), self.reference, self.mask)
-        return self.weight * angle_loss(vector, roll)
+        return angle_loss(vector, roll)
 
 
 @dataclass
@@ -435,10 +436,10 @@ def _train_epoch(state: _TrainState, epoch: int) -> tuple[dict, bool]:
         posmap_loss = loss = state.loss_fn(pred.float(), y)        # train_loss and best.pth: the position map's
         if state.angle is not None:
             angle_loss = state.angle.loss(state.model.last_vector, y)
-            angle_value = float(angle_loss.detach()) / max(state.angle.weight, 1e-12)
+            angle_value = float(angle_loss.detach())
             state.monitor.scalar("train/angle_loss", angle_value, state.step)
             angle_sum += angle_value * x.shape[0]
-            loss = loss + angle_loss
+            loss = loss + state.angle.weight * angle_loss
         time_up = state.deadline is not None and info.is_main and time.monotonic() > state.deadline
         stats = torch.tensor([posmap_loss.detach().double().item() * x.shape[0], x.shape[0],
                               0.0 if torch.isfinite(loss).item() else 1.0, float(time_up)], dtype=torch.float64)

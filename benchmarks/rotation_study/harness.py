@@ -135,7 +135,7 @@ def train_model(name: str, kwargs: dict, train_root: Path, rotation: bool, seed:
             if angle is not None:
                 angle_loss = angle.loss(model.last_vector, y)
                 angle_losses.append(float(angle_loss.detach()))
-                loss = loss + angle_loss
+                loss = loss + angle.weight * angle_loss
             if not torch.isfinite(loss):
                 raise RuntimeError(f"{name} {kwargs} seed {seed}: loss is not finite at step {step}")
             loss.backward()
