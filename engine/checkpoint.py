@@ -75,6 +75,26 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:
     return path
 
 
+def copy_checkpoint(source: str | Path, path: str | Path) -> Path:
+    """Make ``path`` hold the same bytes as the checkpoint file ``source``, atomically: a hard link (no copy: the
+    next atomic write of ``source`` replaces its name with a new file, so ``path`` keeps these bytes), or, where the
+    file system has no hard links, a copy through a temp file."""
+    import os
+    import uuid
+
+    from faceutil.sampleio import atomic_write_bytes
+
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        atomic_write_bytes(path, source.read_bytes())
+    return path
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with torch.load(weights_only=True); refuses files holding arbitrary pickled objects.
 

@@ -26,8 +26,8 @@ from config import Config, ConfigError
 from data.dataset import MEAN_POSMAP_LIMIT
 from engine import distributed as D
 from engine.collapse import CollapseWatch
-from engine.checkpoint import (capture_rng_state, load_checkpoint, make_checkpoint, restore_rng_state,
-                               save_checkpoint, unwrap)
+from engine.checkpoint import (capture_rng_state, copy_checkpoint, load_checkpoint, make_checkpoint,
+                               restore_rng_state, save_checkpoint, unwrap)
 from engine.errors import RunError
 from engine.loading import (default_factory, face_model_for, is_canonicalized, load_network, model_spec,
                             needs_mean_posmap, recorded_bfm)
@@ -515,9 +515,9 @@ def _end_epoch(state: _TrainState, epoch: int, record: dict, on_epoch: EpochCall
             history=state.history, config=config.to_dict(), bfm=state.bfm, world_size=info.world_size, step=step,
             collapse_watch=state.watch.state_dict(),
             **({"scaler": state.scaler.state_dict()} if state.scaler.is_enabled() else {}))
-        save_checkpoint(state.out / "last.pth", ck)
-        if improved:
-            save_checkpoint(state.out / "best.pth", ck)
+        last = save_checkpoint(state.out / "last.pth", ck)
+        if improved:                                  # the same bytes: linked, not serialised and written twice
+            copy_checkpoint(last, state.out / "best.pth")
         _write_history(state.out / "history.json", state.history)
         state.monitor.flush()
         text = ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())

@@ -262,3 +262,23 @@ def test_training_never_imports_inference():
                    if (m.startswith("engine") and t.startswith("inference"))
                    or (m.split(".")[0] in ("faceutil", "model", "data") and t.split(".")[0] in ("engine", "inference")))
     assert not wrong, wrong
+
+
+def test_copy_checkpoint_keeps_its_bytes_when_the_source_is_written_again(tmp_path, monkeypatch):
+    """best.pth is linked to last.pth; the next atomic write of last.pth must leave best.pth as it was; where hard
+    links fail, a copy is made."""
+    from engine.checkpoint import copy_checkpoint
+
+    last, best = tmp_path / "last.pth", tmp_path / "best.pth"
+    save_checkpoint(last, {"model": {"w": torch.ones(3)}, "epoch": 1})
+    first = last.read_bytes()
+    copy_checkpoint(last, best)
+    save_checkpoint(last, {"model": {"w": torch.zeros(3)}, "epoch": 2})
+    assert best.read_bytes() == first and last.read_bytes() != first
+
+    def no_links(*args):
+        raise OSError("no hard links here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    copy_checkpoint(last, best)
+    assert best.read_bytes() == last.read_bytes() and not list(tmp_path.glob(".*.tmp"))
