@@ -60,14 +60,12 @@ def _pin_memory(device) -> bool:
 
 
 def _init_worker(worker_id: int, *, threads: int = 1) -> None:
-    """Loader worker start: one compute thread each, so workers x threads never oversubscribe the cores.
+    """Loader worker start: one torch thread each, so workers x threads never oversubscribe the cores (OpenCV's
+    single thread is inherited from the parent, see build_loader).
 
     No randomness is seeded here: augmentation draws come from (seed, epoch, index) alone (PosmapDataset), and
     torch seeds each worker's torch/random generators from the loader's seeded generator.
     """
-    import cv2
-
-    cv2.setNumThreads(threads)
     torch.set_num_threads(threads)
 
 
@@ -94,6 +92,13 @@ def build_loader(dataset: Dataset, batch_size: int, workers: int = 0, shuffle: b
     generator.manual_seed(seed * 1000003 + rank)
     extra = {}
     if workers > 0:
+        # OpenCV's thread pool (pthreads) is not fork-safe: cv2.setNumThreads in a forked worker hangs for ever once
+        # the parent has used the pool (measured 2026-12-07: a 2000-px warpAffine in the parent, then the call in
+        # each worker). So the parent's OpenCV goes single-threaded here, before the workers are forked, and they
+        # inherit it: workers x OpenCV threads never oversubscribe the cores either.
+        import cv2
+
+        cv2.setNumThreads(1)
         extra = dict(persistent_workers=True, prefetch_factor=prefetch_factor,
                      worker_init_fn=functools.partial(_init_worker, threads=1))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,

@@ -391,3 +391,27 @@ def test_augment_without_rotation_draws_the_same_numbers_and_skips_only_the_rota
             assert not np.array_equal(a_pos, posmap)
         seen.add(did_rotate)
     assert seen == {True, False}
+
+
+def test_loader_workers_start_after_the_parent_used_opencv_threads():
+    """OpenCV's thread pool is not fork-safe: a forked worker that resets its thread count after the parent used
+    the pool hangs for ever (it did, before build_loader set the parent single-threaded). Run in a child process
+    with a time limit, so a hang fails the test instead of the suite."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import numpy as np, cv2, torch\n"
+            "from data.loader import build_loader\n"
+            "img = np.zeros((2000, 2000, 3), np.uint8)\n"
+            "cv2.warpAffine(img, np.float32([[1, 0.1, 0], [0.1, 1, 0]]), (2000, 2000))\n"
+            "class D(torch.utils.data.Dataset):\n"
+            "    def __len__(self): return 4\n"
+            "    def __getitem__(self, i): return torch.zeros(1)\n"
+            "print(sum(1 for _ in build_loader(D(), batch_size=2, workers=2)))\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loader workers hung after the parent used OpenCV's thread pool")
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-2000:]
