@@ -14,9 +14,12 @@ from benchmarks.convergence.probes import probe_name
 from benchmarks.study_data import evaluate_nme, study_data
 
 CURVE_DEFAULTS = {"model": "e2tkface", "encoder": "aligned", "width_mult": 0.5, "input_size": 128,
-                  "head": "mean-residual", "lr": 1e-4, "warmup": 0, "schedule": "exp", "lr_decay": 0.8,
-                  "decay_norm_bias": True, "epochs": 100, "minutes": 60.0, "batch": 16, "precision": "bf16",
-                  "augment": True, "rotation": False, "seed": 0, "eval_minutes": 3.0, "train_count": 800}
+                  "head": "mean-residual", "lr": 5e-4, "warmup": 500, "schedule": "cosine", "lr_decay": 0.8,
+                  "optimizer": "adamw", "decay_norm_bias": True, "epochs": 100, "minutes": 60.0, "batch": 16,
+                  "precision": "bf16", "augment": True, "rotation": False, "seed": 0, "eval_minutes": 3.0,
+                  "train_count": 800, "pre_read": False}
+# curves saved before a setting existed ran with this value of it (the toolkit's default then)
+CURVE_FORMER = {"optimizer": "adam", "pre_read": False, "train_count": 800}
 
 
 def curve_config(spec: dict, train_root: Path, run_dir: Path, time_limit: float):
@@ -27,7 +30,8 @@ def curve_config(spec: dict, train_root: Path, run_dir: Path, time_limit: float)
                   model_kwargs={"width_mult": spec["width_mult"]} if spec["model"] == "e2tkface" else {},
                   head=spec["head"], input_size=spec["input_size"], epochs=spec["epochs"], batch_size=spec["batch"],
                   lr=spec["lr"], warmup_steps=spec["warmup"], lr_schedule=spec["schedule"],
-                  lr_decay=spec["lr_decay"], decay_norm_bias=spec["decay_norm_bias"], augment=spec["augment"],
+                  lr_decay=spec["lr_decay"], optimizer=spec["optimizer"], decay_norm_bias=spec["decay_norm_bias"],
+                  augment=spec["augment"], pre_read=spec["pre_read"],
                   augment_rotation=spec["rotation"], precision=spec["precision"], seed=spec["seed"], device="cpu",
                   num_workers=0, out=str(run_dir), progress=False, bfm="synthetic", time_limit=time_limit,
                   resume="auto" if (run_dir / "last.pth").is_file() else None)

@@ -14,6 +14,7 @@ import numpy as np
 from benchmarks.common import RESULTS_DIR, machine_line, write_json
 from benchmarks.convergence.escape_probes import ESCAPE_DEFAULTS, ESCAPE_ORDER, escape_name, escape_specs
 from benchmarks.convergence.escape_probes import escape_verdict
+from benchmarks.convergence.curves import CURVE_FORMER
 from benchmarks.convergence.probes import PROBE_DEFAULTS, probe_name, probe_specs
 from benchmarks.escape import harness as escape
 from benchmarks.escape import report as escape_report
@@ -83,7 +84,13 @@ def escape_rows(records: list) -> list[str]:
     return rows
 
 
-GOAL_NME, GOAL_MINUTES = 6.0, 60.0          # issue 12's goal for E2TKFace on this CPU
+GOAL_MINUTES = 60.0
+
+
+def curve_goal(spec: dict) -> float:
+    """The NME goal (%) within GOAL_MINUTES of a curve: issue 12's 6.0 on the 800-image training set, issue 22's 5.0
+    on a larger one."""
+    return 6.0 if spec.get("train_count", 800) <= 800 else 5.0
 
 
 def curve_reading(curve: dict) -> str:
@@ -91,13 +98,14 @@ def curve_reading(curve: dict) -> str:
     pts = curve["points"]
     best = min(pts, key=lambda p: p["nme2d"])
     within = [p for p in pts if p["minutes"] <= GOAL_MINUTES]
-    met = any(p["nme2d"] <= GOAL_NME for p in within)
     spec, last = curve["spec"], pts[-1]
+    goal = curve_goal(spec)
+    met = any(p["nme2d"] <= goal for p in within)
     finished = last["epoch"] >= spec["epochs"] or last["minutes"] >= spec["minutes"] - 0.5
     verdict_text = "met" if met else ("not met" if finished else "not met so far (the run has not finished)")
     return (f"Last point {pts[-1]['nme2d']:.2f} % after {pts[-1]['minutes']:.1f} training minutes "
             f"({pts[-1]['nme2d'] / curve['mean_face_nme2d']:.2f} of the mean face); best {best['nme2d']:.2f} % at "
-            f"{best['minutes']:.1f} min. Goal (≤ {GOAL_NME:g} % within {GOAL_MINUTES:g} min): "
+            f"{best['minutes']:.1f} min. Goal (≤ {goal:g} % within {GOAL_MINUTES:g} min): "
             f"{verdict_text}.")
 
 
@@ -110,8 +118,8 @@ def draw_curves(curves: list, path: Path) -> Path:
     references = sorted({round(c["mean_face_nme2d"], 2) for c in curves})
     xmax = max([p["minutes"] for c in curves for p in c["points"]] + [GOAL_MINUTES])
     series += [Series(f"mean face {r:.2f} %", [0, xmax], [r, r], reference=True) for r in references]
-    series.append(Series(f"goal {GOAL_NME:g} %", [0, xmax], [GOAL_NME, GOAL_NME], colour="#444444", markers=False,
-                         width=1.0, linestyle=":"))
+    series += [Series(f"goal {g:g} %", [0, xmax], [g, g], colour="#444444", markers=False, width=1.0, linestyle=":")
+               for g in sorted({curve_goal(c["spec"]) for c in curves})]
     return save_figure([Panel("", series, xlabel="2-core CPU training minutes", ylabel="2D NME (%)")], Path(path),
                        panel_size=(7.2, 4.2))
 
@@ -204,7 +212,7 @@ def cmd_report(args) -> None:
                "statistics), every 3 training minutes at the end of the epoch that crosses the mark. The dashed line "
                "of the plot is the mean-face NME. ![learning curves](convergence.png)", ""]
         for c in curves:
-            sp = dict(c["spec"])
+            sp = {**CURVE_FORMER, **c["spec"]}
             if sp["model"] == "prnet":                   # PRNet has no encoder choice and no width: full size
                 sp.pop("encoder", None)
                 sp["width_mult"] = "1 (PRNet has no width option)"
