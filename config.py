@@ -192,6 +192,7 @@ class Config:
     # demo sizes
     demo_train_count: int = 600
     demo_test_count: int = 40
+    appearance: str = "plain"     # the synthetic training images' randomisations (faceutil.appearance)
     # flags the user gave explicitly (not saved; lets a checkpoint's model name win over a default)
     given: tuple = field(default=(), compare=False, repr=False)
 
@@ -334,6 +335,9 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
                                                            "checkpoint's training folder); written to -o"),
     (("--demo-train-count",), "demo_train_count", _int, "synthetic training images made by --demo"),
     (("--demo-test-count",), "demo_test_count", _int, "synthetic AFLW2000-format images made by --demo"),
+    (("--appearance",), "appearance", str, "randomisations of --demo's synthetic training images: plain, full, a "
+     "comma list of pose, background, body, hair, skin, lighting, occluders, camera, or full,-NAME (its test images "
+     "stay plain)"),
 ]
 
 _EXAMPLES = """examples:
@@ -351,7 +355,7 @@ _METAVARS = {"train_dir": "DIR", "val_dir": "DIR", "predict_dir": "DIR", "bfm": 
              "head": "NAME", "input_size": "N", "lr_schedule": "NAME", "optimizer": "NAME", "warmup_steps": "N",
              "time_limit": "MIN", "visible_devices": "IDS", "model": "NAME", "encoder": "NAME", "gt": "NAME",
              "device": "DEV", "predict": "PATH", "bbox": "BOXES", "detector": "NAME", "export_format": "FORMAT",
-             "smooth": "S", "redetect_every": "N"}
+             "smooth": "S", "redetect_every": "N", "appearance": "SPEC"}
 
 
 def build_parser() -> FlagParser:
@@ -422,6 +426,13 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
     if config.redetect_every < 0:
         raise ConfigError(f"--redetect-every must be 0 (detect on every frame) or more frames, not "
                           f"{config.redetect_every}.")
+    from faceutil.appearance import Appearance
+    from faceutil.errors import FaceUtilError
+
+    try:
+        Appearance.parse(config.appearance)
+    except FaceUtilError as err:
+        raise ConfigError(f"--appearance: {err}.") from None
     if config.optimizer not in OPTIMIZERS:
         raise ConfigError(f"Unknown --optimizer={config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
     if config.lr_schedule not in LR_SCHEDULES:

@@ -40,6 +40,8 @@ def build_parser():
     add_flag(p, ("--synthesize",), "synthesize", "instead of processing, write a synthetic raw dataset in the "
              "format of 300W_LP or AFLW2000 to -o", choices=("300W_LP", "AFLW2000"))
     add_flag(p, ("--count",), "count", "images to synthesise", kind=int, default=100)
+    add_flag(p, ("--appearance",), "appearance", "randomisations of the synthetic images: plain (default), full, a "
+             "comma list of pose, background, body, hair, skin, lighting, occluders, camera, or full,-NAME")
     add_flag(p, ("--progress",), "progress", "show a progress bar", kind="bool", default=True)
     return p
 
@@ -63,14 +65,16 @@ def main(argv=None) -> int:
         if args.get("threads", 1) < 1:
             raise ConfigError(f"--thread must be at least 1, not {args['threads']}.")
         if "synthesize" in args:
+            from faceutil.appearance import Appearance
             from faceutil.facemodel import load_model
             from faceutil.synthetic import synthesize_dataset
 
             if args.get("count", 100) < 1:
                 raise ConfigError(f"--count must be at least 1, not {args['count']}.")
+            look = Appearance.parse(args.get("appearance", "plain"))
             model = load_model(args.get("bfm", "synthetic"))
             names = synthesize_dataset(args["output"], args["synthesize"], args.get("count", 100),
-                                       seed=args.get("seed", 0), model=model)
+                                       seed=args.get("seed", 0), model=model, appearance=look)
             print(f"wrote {len(names)} {args['synthesize']}-format samples to {args['output']}")
             return 0
         if "input" not in args:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from config import Config
+from faceutil.appearance import Appearance
 
 # Settings the demo uses unless the flag is given explicitly (see Config.given). E2TKFace (equivariant encoder) at
 # width 0.5 and 128 px input, so about 900 steps fit in 6 minutes on two CPU cores (at 64 px one run left the mean
@@ -52,16 +53,19 @@ def demo_config(config: Config) -> Config:
 
 def _make_data(root: Path, config: Config, face_model) -> dict[str, Path]:
     """Synthesise and process the two datasets (skipped when already complete, so a rerun reuses them)."""
+    from faceutil.appearance import PLAIN
     from faceutil.process import process_dataset
     from faceutil.synthetic import synthesize_dataset
 
     paths = {"train_raw": root / "300W_LP", "train": root / "300W_LP-crop",
              "test_raw": root / "AFLW2000", "test": root / "AFLW2000-crop"}
-    for kind, raw, count, seed in (("300W_LP", paths["train_raw"], config.demo_train_count, config.seed),
-                                   ("AFLW2000", paths["test_raw"], config.demo_test_count, config.seed + 1)):
+    train_look = Appearance.parse(config.appearance)
+    for kind, raw, count, seed, look in (
+            ("300W_LP", paths["train_raw"], config.demo_train_count, config.seed, train_look),
+            ("AFLW2000", paths["test_raw"], config.demo_test_count, config.seed + 1, PLAIN)):
         if len(list(raw.glob("*.mat"))) < count:
             t = time.perf_counter()
-            synthesize_dataset(raw, kind, count, seed, model=face_model)
+            synthesize_dataset(raw, kind, count, seed, model=face_model, appearance=look)
             print(f"synthesised {count} {kind}-format images in {raw} ({time.perf_counter() - t:.0f} s)", flush=True)
     for raw_key, out_key in (("train_raw", "train"), ("test_raw", "test")):
         summary = process_dataset(paths[raw_key], paths[out_key], bfm="synthetic", progress=config.progress,
@@ -191,6 +195,7 @@ def run_demo(config: Config) -> dict:
         "tensorboard": str(run_dir / "tensorboard"), "visualisations": str(out / "vis"),
         "results_csv": str(after.csv_path), "model": name, "model_kwargs": kwargs,
         "train_images": config.demo_train_count, "test_images": config.demo_test_count,
+        "appearance": Appearance.parse(config.appearance).name,
         "spread_ratio": result.history[-1].get("spread_ratio") if result.history else None,
     }
     summary["learned"] = summary["after_over_mean_face"] <= LEARNED_BELOW

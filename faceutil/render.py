@@ -236,10 +236,12 @@ def vertex_normals(vertices, triangles) -> np.ndarray:
 
 
 def render_shaded(vertices, triangles, colors, height: int, width: int, light_dir=(0.0, 0.0, 1.0),
-                  ambient: float = 0.3, background=None) -> np.ndarray:
-    """Lambertian (per-pixel, two-sided) shading of a coloured mesh.
+                  ambient: float = 0.3, background=None, specular: float = 0.0, shininess: float = 20.0,
+                  return_ids: bool = False):
+    """Lambertian (per-pixel, two-sided) shading of a coloured mesh, with an optional Blinn-Phong highlight.
 
-    Each pixel gets albedo * (ambient + max(0, n . l)), clipped to [0, 1], where albedo and the vertex normal are
+    Each pixel gets albedo * (ambient + max(0, n . l)) + specular * max(0, n . h)^shininess (white light; h is the
+    half-way vector of l and the view direction +z), clipped to [0, 1], where albedo and the vertex normal are
     interpolated barycentrically, n is renormalised and flipped to face the camera (+z) — so the result does not
     depend on the triangle winding, nor on the y flip between model and image space — and l = light_dir / |light_dir|
     (image coordinates; the default (0, 0, 1) points from the face towards the camera).
@@ -248,8 +250,10 @@ def render_shaded(vertices, triangles, colors, height: int, width: int, light_di
         vertices: (n, 3) float image coordinates; triangles: (m, 3) int; colors: (n, 3) float albedo in [0, 1].
         height, width: output size; light_dir: (3,) direction towards the light; ambient: ambient fraction.
         background: None (black) or (H, W, 3) float in [0, 1] shown where no triangle is visible.
+        specular: strength of the highlight (0: none, the pure Lambertian image); shininess: its exponent.
+        return_ids: also return the (H, W) int32 id of the triangle seen at each pixel (-1: background).
     Returns:
-        (H, W, 3) float32 in [0, 1].
+        (H, W, 3) float32 in [0, 1] (and the triangle ids when return_ids).
     """
     v, tri = _check_mesh(vertices, triangles)
     light = np.asarray(light_dir, dtype=np.float64).reshape(3)
@@ -263,12 +267,15 @@ def render_shaded(vertices, triangles, colors, height: int, width: int, light_di
         out = np.zeros((height, width, 3), dtype=np.float32)
     else:
         out = np.array(np.broadcast_to(np.asarray(background, dtype=np.float32), (height, width, 3)), dtype=np.float32)
-    _shade_kernel(tri_id, bary, tri, albedo, normals, light, float(ambient), out)
-    return out
+    half = light + np.array([0.0, 0.0, 1.0])
+    half = half / max(np.linalg.norm(half), 1e-12)
+    _shade_kernel(tri_id, bary, tri, albedo, normals, light, float(ambient), half, float(specular), float(shininess),
+                  out)
+    return (out, tri_id) if return_ids else out
 
 
 @njit(cache=True)
-def _shade_kernel(tri_id, bary, triangles, albedo, normals, light, ambient, out):
+def _shade_kernel(tri_id, bary, triangles, albedo, normals, light, ambient, half, specular, shininess, out):
     """Per covered pixel: interpolate albedo and normal, renormalise, turn the normal towards +z, shade."""
     height, width = tri_id.shape
     for y in range(height):
@@ -298,6 +305,12 @@ def _shade_kernel(tri_id, bary, triangles, albedo, normals, light, ambient, out)
                 if nz < 0.0:
                     cos = -cos
             shade = ambient + max(cos, 0.0)
-            out[y, x, 0] = min(max(r * shade, 0.0), 1.0)
-            out[y, x, 1] = min(max(g * shade, 0.0), 1.0)
-            out[y, x, 2] = min(max(b * shade, 0.0), 1.0)
+            highlight = 0.0
+            if specular > 0.0 and length > 0.0:
+                ch = (nx * half[0] + ny * half[1] + nz * half[2]) / length
+                if nz < 0.0:
+                    ch = -ch
+                highlight = specular * max(ch, 0.0) ** shininess
+            out[y, x, 0] = min(max(r * shade + highlight, 0.0), 1.0)
+            out[y, x, 1] = min(max(g * shade + highlight, 0.0), 1.0)
+            out[y, x, 2] = min(max(b * shade + highlight, 0.0), 1.0)

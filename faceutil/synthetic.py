@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faceutil.appearance import PLAIN, Appearance
 from faceutil.errors import FaceUtilError
 from faceutil.morphable import MorphableModel
 from faceutil.synthetic_model import EYE_CLOSE_MODES, JAW_OPEN, build_synthetic_model, smoothstep
@@ -32,7 +33,8 @@ def _draw_yaw(rng, kind):
     return math.radians(rng.uniform(-90.0, 90.0))
 
 
-def draw_params(rng: np.random.Generator, model: MorphableModel, kind: str = "300W_LP", image_size: int = 450):
+def draw_params(rng: np.random.Generator, model: MorphableModel, kind: str = "300W_LP", image_size: int = 450,
+                appearance: Appearance = PLAIN):
     """Draw one sample's parameters like the genuine 300W-LP / AFLW2000-3D annotations.
 
     Pose: yaw up to +-90 degrees (300W-LP: 30 % near-frontal N(0, 12 deg), else uniform; AFLW2000: its |yaw| bins
@@ -42,9 +44,11 @@ def draw_params(rng: np.random.Generator, model: MorphableModel, kind: str = "30
     so tx ~ 110-340 and ty ~ 120-270 px as in the genuine files.
     Shape_Para ~ N(0, shape_ev) (entries ~1e5); Exp_Para ~ N(0, exp_ev) clipped to +-3.5, with the jaw-open
     coefficient made non-negative and eye closing >= -1 (no lips through lips, no staring eyes).
+    With the appearance switch "pose", pitch and roll are drawn wider (faceutil.appearance.wide_pitch_roll).
 
     Args:
-        rng: numpy Generator; model: the MorphableModel; kind: "300W_LP" or "AFLW2000"; image_size: pixels.
+        rng: numpy Generator; model: the MorphableModel; kind: "300W_LP" or "AFLW2000"; image_size: pixels;
+        appearance: faceutil.appearance.Appearance (only its "pose" switch acts here).
     Returns:
         pose_para (7,) float64 [pitch, yaw, roll, tx, ty, tz, s]; shape_para (K,) float64; exp_para (E,) float64.
     """
@@ -55,6 +59,10 @@ def draw_params(rng: np.random.Generator, model: MorphableModel, kind: str = "30
     pitch_sd = 10.0 if kind == "300W_LP" else 12.0
     pitch = math.radians(float(np.clip(rng.normal(0.0, pitch_sd), -30.0, 30.0)))
     roll = math.radians(float(np.clip(rng.normal(0.0, 8.0), -30.0, 30.0)))
+    if "pose" in appearance:
+        from faceutil.appearance import wide_pitch_roll
+
+        pitch, roll = wide_pitch_roll(rng)
     scale = rng.uniform(1.0e-3, 1.6e-3)
     tz = rng.uniform(-100.0, -20.0)
     shape_para = rng.standard_normal(model.n_shape) * model.shape_ev.astype(np.float64)
@@ -96,25 +104,29 @@ def _smooth_background(rng, size):
 
 
 def render_sample(model: MorphableModel, pose_para, shape_para, exp_para, rng: np.random.Generator,
-                  image_size: int = 450):
+                  image_size: int = 450, appearance: Appearance = PLAIN):
     """Render a shaded, textured face over a random background, as a 300W-LP / AFLW2000-3D-like photo.
 
     The albedo gets a random texture coefficient draw (N(0, tex_ev)), the light a random direction (from the
     camera side, tilted up to ~40 degrees), ambient U(0.25, 0.5) and exposure; the background is a smooth random
-    colour field; mild pixel noise is added.
+    colour field; mild pixel noise is added. The switches of `appearance` (faceutil.appearance) add clutter, a
+    body, hair, skin tones and detail, wider lighting, occluders and camera effects; with none (PLAIN) the image
+    is the plain renderer's, byte for byte.
 
     Args:
         model: MorphableModel; pose_para (7,); shape_para (K,); exp_para (E,); rng: numpy Generator.
-        image_size: H = W in pixels.
+        image_size: H = W in pixels; appearance: faceutil.appearance.Appearance.
     Returns:
         image: (H, W, 3) uint8 RGB.
         landmarks: (68, 3) float32 image coordinates (x column, y row, z depth) of the model's 68 landmarks.
     """
+    from faceutil import appearance as look
     from faceutil.pose import project
     from faceutil.render import render_shaded
 
     size = int(image_size)
-    verts = project(model.vertices(shape_para, exp_para), pose_para, size)
+    model_verts = model.vertices(shape_para, exp_para)
+    verts = project(model_verts, pose_para, size)
     tex_para = rng.standard_normal(model.tex_pc.shape[1]) * model.tex_ev.astype(np.float64)
     colours = model.texture(tex_para).astype(np.float64)
     exposure = rng.uniform(0.72, 0.9)
@@ -122,16 +134,60 @@ def render_sample(model: MorphableModel, pose_para, shape_para, exp_para, rng: n
     light = np.array([rng.uniform(-0.7, 0.7), rng.uniform(-0.8, 0.3), 1.0])  # image coords: -y = from above
     ambient = rng.uniform(0.25, 0.5)
     background = _smooth_background(rng, size)
-    img = render_shaded(verts, model.triangles, np.clip(colours * exposure * tint, 0.0, 1.0), size, size,
-                        light_dir=light, ambient=ambient, background=background)
+    albedo = np.clip(colours * exposure * tint, 0.0, 1.0)
+    triangles, shading = model.triangles, {}
+    model_lms = model.landmarks(shape_para, exp_para)
+    if "background" in appearance:
+        background = look.clutter(rng, background)
+    if "body" in appearance:
+        background = look.draw_body(rng, background, model_lms, pose_para)
+    if "skin" in appearance:
+        albedo = look.skin_albedo(rng, albedo)
+    if "lighting" in appearance:
+        lit = look.lighting(rng)
+        light, ambient = lit["light"], lit["ambient"]
+        albedo = np.clip(albedo * lit["gain"][None, :], 0.0, 1.0)
+        shading = {"specular": lit["specular"], "shininess": lit["shininess"]}
+    if "hair" in appearance:
+        hair_v, hair_t, hair_c, hair_colour = look.hair_mesh(rng, model_lms, model_verts)
+        gain = lit["gain"] if "lighting" in appearance else np.ones(3)
+        albedo = look.painted_hair(albedo, model.tex_mu, np.clip(hair_colour * gain, 0.0, 1.0))
+        verts = np.concatenate([verts, project(hair_v, pose_para, size)])
+        triangles = np.concatenate([triangles, hair_t + model.n_vertices])
+        albedo = np.concatenate([albedo, np.clip(hair_c * gain[None, :], 0.0, 1.0)])
+    img, tri_id = render_shaded(verts, triangles, albedo, size, size, light_dir=light, ambient=ambient,
+                                background=background, return_ids=True, **shading)
+    landmarks = project(model_lms, pose_para, size)
+    if "skin" in appearance:
+        img = look.skin_detail(rng, img, (tri_id >= 0) & (tri_id < len(model.triangles)))
+    if "occluders" in appearance:
+        img = look.occlude(rng, img, landmarks)
+    if "camera" in appearance:
+        return look.camera(rng, img), landmarks
     img = img + rng.normal(0.0, 1.5 / 255.0, size=img.shape)
     image = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-    landmarks = project(model.landmarks(shape_para, exp_para), pose_para, size)
     return image, landmarks
 
 
+APPEARANCE_FILE = "appearance.txt"
+
+
+def _stamp_appearance(folder: Path, appearance: Appearance) -> None:
+    """Refuse to add samples of one appearance to a folder holding another's; record a non-plain one in the folder
+    (a folder of samples without the file holds plain ones)."""
+    from faceutil.sampleio import atomic_write_bytes
+
+    stamp = folder / APPEARANCE_FILE
+    held = stamp.read_text().strip() if stamp.is_file() else ("plain" if any(folder.glob("*.mat")) else None)
+    if held is not None and held != appearance.name:
+        raise FaceUtilError(f"{folder} holds synthetic samples made with appearance {held!r}, not "
+                            f"{appearance.name!r}; synthesise into another folder")
+    if appearance and held is None:
+        atomic_write_bytes(stamp, (appearance.name + "\n").encode("utf-8"))
+
+
 def synthesize_dataset(out_dir, kind: str, count: int, seed: int, model: MorphableModel | None = None,
-                       image_size: int = 450) -> list[str]:
+                       image_size: int = 450, appearance: Appearance = PLAIN) -> list[str]:
     """Write `count` synthetic samples as `<name>.jpg` + `<name>.mat` in the genuine dataset format.
 
     Names are synth_000001, synth_000002, ...; sample i draws from a Generator seeded by (seed, i), so the same
@@ -142,7 +198,8 @@ def synthesize_dataset(out_dir, kind: str, count: int, seed: int, model: Morphab
 
     Args:
         out_dir: folder (created if missing); kind: "300W_LP" or "AFLW2000"; count >= 0; seed: int;
-        model: the MorphableModel (None = build_synthetic_model(0)); image_size: pixels (genuine: 450).
+        model: the MorphableModel (None = build_synthetic_model(0)); image_size: pixels (genuine: 450);
+        appearance: the renderer's randomisations (faceutil.appearance; PLAIN: none).
     Returns:
         list of the sample names written, in order.
     """
@@ -158,12 +215,13 @@ def synthesize_dataset(out_dir, kind: str, count: int, seed: int, model: Morphab
         raise FaceUtilError(f"cannot create the output folder {out}: {err.strerror or err}") from None
     if model is None:
         model = build_synthetic_model(0)
+    _stamp_appearance(out, appearance)
     names = []
     for index in range(1, count + 1):
         name = f"synth_{index:06d}"
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), index]))
-        pose, shape_para, exp_para = draw_params(rng, model, kind, image_size)
-        image, lms = render_sample(model, pose, shape_para, exp_para, rng, image_size)
+        pose, shape_para, exp_para = draw_params(rng, model, kind, image_size, appearance)
+        image, lms = render_sample(model, pose, shape_para, exp_para, rng, image_size, appearance)
         lo, hi = lms[:, :2].min(axis=0), lms[:, :2].max(axis=0)
         centre, half = (lo + hi) / 2.0, 0.6 * (hi - lo)
         roi = np.rint(np.concatenate([centre - half, centre + half])).astype(np.int16).reshape(1, 4)
