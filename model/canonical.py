@@ -21,6 +21,12 @@ Design (why each choice):
   without interpolation (256 = 2^8 has no odd divisor), i.e. an extra resampling, or one-sided padding, which
   breaks the symmetry; stride-2 convolutions, which would need 2^k + 1 sizes, are not used. So the copy stays
   64 (``size``, a divisor of 256 and a multiple of 8: other sizes are refused).
+- Disc: the pooled copy is seen through the disc inscribed in its grid (disc_mask). A crop turned by any angle
+  about its centre shows the same disc of content, while its corners (zero-filled by the turn, or cut from a
+  larger photo) change with the angle; upright training crops have no such corners. Measured with the estimator
+  trained alone on the rotation study's 800 upright crops (1,500 steps, C8, width 4): the estimate's error on test
+  crops turned by 7-200 degrees (against the test angle, the face's own roll cancelled) fell from 17.5 to 11.5
+  degrees mean with the disc. The disc is symmetric under quarter turns, so exactness is unchanged.
 - Average: the irrep-1 field (B, 2, 8, 8) is averaged over all positions (every position weighs the same, so the
   mean is invariant to the permutation a quarter turn makes): v = r (cos t, sin t), and a quarter turn of the
   input turns v by exactly 90 degrees (a permutation and sign change of its two components, up to the order of
@@ -72,6 +78,14 @@ ESTIMATOR_SIZE = 64
 CENTRE = (CROP_SIZE - 1) / 2.0          # 127.5: rotation centre of the 256 crop, in its pixels
 
 
+def disc_mask(size: int) -> torch.Tensor:
+    """(1, 1, size, size) weights: 1 inside the disc inscribed in the grid, 0 outside, a one-pixel soft edge; exactly
+    symmetric under quarter turns about the grid's centre ((size - 1) / 2)."""
+    c = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    radius = torch.sqrt(c.view(1, -1) ** 2 + c.view(-1, 1) ** 2)
+    return torch.clamp((size - 1) / 2.0 - radius + 0.5, 0.0, 1.0).float().view(1, 1, size, size)
+
+
 def check_estimator_size(size: int) -> None:
     """ModelConfigError (one sentence) for an estimator grid that would break quarter-turn exactness."""
     if not isinstance(size, int) or size < 8 or CROP_SIZE % size or size % 8:
@@ -110,15 +124,17 @@ class AngleEstimator(SteerableModule):
             prev = t
         layers.append(enn.R2Conv(prev, self.out_type, 3, padding=1, bias=False))
         self.net = enn.SequentialModule(*layers)
+        self.register_buffer("disc", disc_mask(size), persistent=False)
         self.finish_steerable()
 
     def field(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, 256, 256) crop -> (B, 2, size / 8, size / 8) frequency-1 vector field."""
-        x = F.avg_pool2d(x, CROP_SIZE // self.size) if self.size != CROP_SIZE else x
-        return self.net(enn.GeometricTensor(x, self.in_type)).tensor
+        """x: (B, 3, S, S) crop, S a multiple of size (the 256 crop, or its copy at the backbone's input size)
+        -> (B, 2, size / 8, size / 8) frequency-1 vector field. The pooled copy is seen through a disc."""
+        x = F.avg_pool2d(x, x.shape[-1] // self.size) if x.shape[-1] != self.size else x
+        return self.net(enn.GeometricTensor(x * self.disc.to(x.dtype), self.in_type)).tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, 256, 256) crop -> (B, 2) float vector (cos t, sin t) * r, averaged over the field."""
+        """x: (B, 3, S, S) crop -> (B, 2) float vector (cos t, sin t) * r, averaged over the field."""
         return self.field(x).mean(dim=(2, 3))
 
     @torch.no_grad()
@@ -133,16 +149,18 @@ class AngleEstimator(SteerableModule):
         return PlainAngleEstimator(nn.Sequential(*layers), self.size).eval()
 
 
+
 class PlainAngleEstimator(nn.Module):
     """AngleEstimator.export(): the same map (B, 3, 256, 256) -> (B, 2) with plain torch layers (ONNX-friendly)."""
 
     def __init__(self, net: nn.Module, size: int):
         super().__init__()
         self.net, self.size = net, size
+        self.register_buffer("disc", disc_mask(size), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool2d(x, CROP_SIZE // self.size) if self.size != CROP_SIZE else x
-        return self.net(x).mean(dim=(2, 3))
+        x = F.avg_pool2d(x, x.shape[-1] // self.size) if x.shape[-1] != self.size else x
+        return self.net(x * self.disc.to(x.dtype)).mean(dim=(2, 3))
 
 
 def angle_degrees(vector: torch.Tensor) -> torch.Tensor:
@@ -157,6 +175,11 @@ def quarter_turn_vectors(v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     rx = torch.where(k == 0, x, torch.where(k == 1, -y, torch.where(k == 2, -x, y)))
     ry = torch.where(k == 0, y, torch.where(k == 1, x, torch.where(k == 2, -y, -x)))
     return torch.stack((rx, ry), dim=1)
+
+
+def compose_turns(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, 2) unit vectors (cos a, sin a), (cos b, sin b) -> (cos (a + b), sin (a + b))."""
+    return torch.stack((a[:, 0] * b[:, 0] - a[:, 1] * b[:, 1], a[:, 1] * b[:, 0] + a[:, 0] * b[:, 1]), dim=1)
 
 
 def split_angle(vector: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,6 +247,11 @@ def turn_values(posmap: torch.Tensor, cos_sin: torch.Tensor | None = None, k: to
     return torch.cat(((d + centre) / scale, posmap[:, 2:]), dim=1)
 
 
+REFINE = 1     # second looks of the estimator at the crop it has turned upright (see Canonicalized)
+# what a canonicalised network's behaviour depends on beyond its weights: studies record it with their runs
+CANONICALISER = {"disc": True, "refine": REFINE}
+
+
 class Canonicalized(nn.Module):
     """crop (B, 3, 256, 256) -> position map / 280 (B, 3, 256, 256), through an upright copy of the crop.
 
@@ -232,12 +260,22 @@ class Canonicalized(nn.Module):
     ``last_vector`` ((B, 2), with gradient; an attribute, not a buffer, replaced at every call) for angle_loss (the
     turn itself is made from it detached), so the output stays one tensor for every caller (-test, exports); the
     state dict holds backbone.* and estimator.*.
+
+    refine (default REFINE): after the first estimate, the estimator looks again, `refine` times, at the copy it
+    turned upright and the angle it still reads there is added to the residual turn. The first look must read any
+    angle, which the estimator learns from upright faces only through its 45-degree ties; the second look sees a
+    nearly upright face, the range its training covered (measured as in the module notes: 11.5 -> 8.1 degrees mean
+    error with one refining look, 9.0 with two; without the disc one look did not help, 17.5 -> 18.9). Quarter-turn
+    exactness is kept: crops a quarter turn apart give the same upright copy, hence the same correction. It is a
+    choice of inference, not of weights: every checkpoint runs with it in eval mode (training, on upright faces,
+    takes the single look), refine=0 gives the single look always.
     """
 
-    def __init__(self, backbone: nn.Module, estimator: nn.Module):
+    def __init__(self, backbone: nn.Module, estimator: nn.Module, refine: int = REFINE):
         super().__init__()
         self.backbone = backbone
         self.estimator = estimator
+        self.refine = int(refine)
         self.last_vector: torch.Tensor | None = None
 
     @property
@@ -254,18 +292,36 @@ class Canonicalized(nn.Module):
         if x.dim() != 4 or x.shape[-1] != CROP_SIZE or x.shape[-2] != CROP_SIZE:
             raise ValueError(f"a canonicalised network needs square {CROP_SIZE}x{CROP_SIZE} crops (quarter turns "
                              f"about the centre), got shape {tuple(x.shape)}")
+        small = self.io.shrink(x)                   # turned at the backbone's input size: (s / 256)^2 of the work
+        k, residual = self.turn(x, small)
+        out = self.backbone(self.upright(small, k, residual.to(x.dtype)))
+        return turn_values(out, residual, k)
+
+    def turn(self, x: torch.Tensor, small: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The turn that makes the crop x (B, 3, 256, 256) upright: (k (B,) quarter turns, residual (B, 2) unit
+        vector), the face's angle being 90 k + r. Sets last_vector (the first look, with gradient). small: the crop
+        at the backbone's input size (io.shrink(x)), computed when not given."""
         vector = self.estimator(x).float()
         self.last_vector = vector
         k, residual = split_angle(vector.detach())           # the angle loss alone trains the estimator
-        small = self.io.shrink(x)                   # turned at the backbone's input size: (s / 256)^2 of the work
-        out = self.backbone(self.upright(small, k, residual.to(x.dtype)))
-        return turn_values(out, residual, k)
+        if self.refine and not self.training:               # training faces are upright: one look is in range
+            small = self.io.shrink(x) if small is None else small
+            for _ in range(self.refine):
+                delta = self.estimator(self.upright(small, k, residual.to(x.dtype))).float().detach()
+                delta = delta / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                residual = compose_turns(residual, delta)
+        return k, residual
+
+    def angle(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) the in-plane angle in degrees the network turns the crop x back by (90 k + r)."""
+        k, residual = self.turn(x)
+        return torch.remainder(90.0 * k.to(residual.dtype) + angle_degrees(residual) + 180.0, 360.0) - 180.0
 
     def export(self) -> "Canonicalized":
         """Inference twin in eval mode: backbone.export() and estimator.export(), each when it has one."""
         backbone = self.backbone.export() if hasattr(self.backbone, "export") else self.backbone
         estimator = self.estimator.export() if hasattr(self.estimator, "export") else self.estimator
-        return Canonicalized(backbone, estimator).eval()
+        return Canonicalized(backbone, estimator, self.refine).eval()
 
 
 def roll_of_posmaps(posmaps: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import benchmarks.convergence as study
 from benchmarks.common import RESULTS_DIR
-from benchmarks.convergence.curves import cmd_curve
+from benchmarks.convergence.curves import cmd_curve, cmd_steptime
 from benchmarks.convergence.escape_probes import ESCAPE_SETS, cmd_escape
 from benchmarks.convergence.probes import PROBE_SETS, cmd_probes
 from benchmarks.convergence.report import cmd_report
@@ -31,10 +31,12 @@ def parse_args(argv=None):
     es.add_argument("--set", choices=sorted(ESCAPE_SETS), help="a named list of escape probes")
     es.add_argument("--spec", default="{}", help="one probe: JSON overrides of ESCAPE_DEFAULTS")
     es.add_argument("--force", action="store_true", help="rerun probes that are done already")
+    st = sub.add_parser("steptime", help="seconds per optimiser step of a curve's recipe (run it alone)")
+    st.add_argument("--spec", default="{}", help="JSON overrides of CURVE_DEFAULTS (the network and batch)")
     rp = sub.add_parser("report", help="write results/convergence.md from the finished runs")
     rp.add_argument("--findings", default=str(RESULTS_DIR / "convergence_findings.md"),
                     help="a markdown file of conclusions placed at the top of the report")
-    for s in (pr, cu, es, rp):
+    for s in (pr, cu, es, st, rp):
         s.add_argument("--out", default=str(DEFAULT_WORK))
         s.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
@@ -42,7 +44,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    {"probes": cmd_probes, "curve": cmd_curve, "escape": cmd_escape, "report": cmd_report}[args.command](args)
+    {"probes": cmd_probes, "curve": cmd_curve, "escape": cmd_escape, "steptime": cmd_steptime,
+     "report": cmd_report}[args.command](args)
     return 0
 
 

@@ -17,9 +17,10 @@ CURVE_DEFAULTS = {"model": "e2tkface", "encoder": "aligned", "width_mult": 0.5, 
                   "head": "mean-residual", "lr": 5e-4, "warmup": 500, "schedule": "cosine", "lr_decay": 0.8,
                   "optimizer": "adamw", "decay_norm_bias": True, "epochs": 100, "minutes": 60.0, "batch": 16,
                   "precision": "bf16", "augment": True, "rotation": False, "seed": 0, "eval_minutes": 3.0,
-                  "train_count": 800, "pre_read": False, "appearance": "plain"}
+                  "train_count": 800, "pre_read": False, "appearance": "plain", "step_seconds": 0.0}
 # curves saved before a setting existed ran with this value of it (the toolkit's default then)
-CURVE_FORMER = {"optimizer": "adam", "pre_read": False, "train_count": 800, "appearance": "plain"}
+CURVE_FORMER = {"optimizer": "adam", "pre_read": False, "train_count": 800, "appearance": "plain",
+                "step_seconds": 0.0}
 
 
 def curve_config(spec: dict, train_root: Path, run_dir: Path, time_limit: float):
@@ -49,6 +50,9 @@ def run_curve(spec: dict, folder: Path, label: str, threads: int, resume: bool =
     """Train with run_training and evaluate 2D NME on the synthetic test set every spec["eval_minutes"] of training
     time, and on each of `extra_tests` ({name: AFLWEvalSet-like items}, recorded as "nme2d_<name>" per point, with
     the mean face's figure in "mean_face_nme2d_<name>"). Saves folder/curve.json after every point; resumable.
+    Training time: the wall clock of the training epochs, or, when spec["step_seconds"] > 0, optimiser steps x that
+    many seconds (the time of one step measured with the cores to itself: the figure then does not depend on what
+    else the machine ran, and the run ends at spec["epochs"], not at a wall-clock limit).
     Returns the curve record."""
     import torch
 
@@ -85,11 +89,17 @@ def run_curve(spec: dict, folder: Path, label: str, threads: int, resume: bool =
             curve["mean_face_nme2d" + (f"_{name}" if name else "")] = evaluate_nme(mean_face, items, kpt_ind)
         write_json(path, curve)
     run_dir = folder / "run"
-    spent = sum(p_["train_seconds"] for p_ in curve["points"]) / 60.0 if curve["points"] else 0.0
+    per_step = spec["step_seconds"] / 60.0
+
+    def minutes_of(records) -> float:
+        if per_step:
+            return records[-1].get("step", 0) * per_step if records else 0.0
+        return sum(r.get("train_seconds", 0.0) for r in records) / 60.0
+    spent = minutes_of(curve["points"])
     history = []
     if (run_dir / "last.pth").is_file():
         history = load_checkpoint(run_dir / "last.pth").get("history", [])
-        spent = sum(h.get("train_seconds", 0.0) for h in history) / 60.0
+        spent = minutes_of(history)
     if spent >= spec["minutes"] or (history and history[-1]["epoch"] >= spec["epochs"]):
         print(f"{label}: done ({spent:.1f} training minutes)", flush=True)
         return curve
@@ -99,13 +109,14 @@ def run_curve(spec: dict, folder: Path, label: str, threads: int, resume: bool =
     state = {"minutes": spent, "next": (math.floor(spent / spec["eval_minutes"]) + 1) * spec["eval_minutes"]}
 
     def on_epoch(model, record):
-        state["minutes"] += record["train_seconds"] / 60.0
+        state["minutes"] = record["step"] * per_step if per_step else state["minutes"] + record["train_seconds"] / 60.0
         last = state["minutes"] >= spec["minutes"] or record["epoch"] >= spec["epochs"] or record.get("stopped_early")
         if state["minutes"] >= state["next"] or last:
             _add_point(curve, path, model, record, state["minutes"], tests, kpt_ind)
             state["next"] = (math.floor(state["minutes"] / spec["eval_minutes"]) + 1) * spec["eval_minutes"]
 
-    run_training(curve_config(spec, train_root, run_dir, spec["minutes"] - spent), on_epoch=on_epoch)
+    run_training(curve_config(spec, train_root, run_dir, 0.0 if per_step else spec["minutes"] - spent),
+                 on_epoch=on_epoch)
     return curve
 
 
@@ -121,3 +132,39 @@ def _add_point(curve: dict, path: Path, model, record: dict, minutes: float, tes
     extra = "".join(f", {name} {point['nme2d_' + name]:.2f} %" for name in tests if name)
     print(f"{curve['label']}: {minutes:.1f} min, epoch {record['epoch']}: test 2D NME {point['nme2d']:.2f} % "
           f"(mean face {curve['mean_face_nme2d']:.2f} %){extra}", flush=True)
+
+
+def cmd_steptime(args) -> None:
+    """Seconds per optimiser step of a curve's recipe, with the cores to itself (the `step_seconds` of a curve):
+    two epochs of the 800-image study set; the second epoch's training time / its steps. Records how busy the
+    process kept the cores (its CPU time / wall time / threads): well below 1, something else was running."""
+    import time
+
+    import torch
+
+    from engine.train import run_training
+
+    torch.set_num_threads(args.threads)
+    spec = {**CURVE_DEFAULTS, **json.loads(args.spec), "train_count": 800, "epochs": 2, "appearance": "plain"}
+    train_root, _ = study_data(800)
+    folder = Path(args.out) / "steptime"
+    run_dir = folder / "run"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    marks = []
+
+    def on_epoch(_model, record):
+        marks.append((record, time.process_time(), time.perf_counter()))
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    run_training(curve_config(spec, train_root, run_dir, 0.0), on_epoch=on_epoch)
+    (first, cpu1, wall1), (second, cpu2, wall2) = marks
+    steps = second["step"] - first["step"]
+    result = {"spec": {k: spec[k] for k in ("model", "encoder", "width_mult", "input_size", "batch", "precision")},
+              "step_seconds": round(second["train_seconds"] / steps, 4), "steps": steps,
+              "cpu_busy": round((cpu2 - cpu1) / ((wall2 - wall1) * args.threads), 3), "machine": machine_line("cpu"),
+              "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+    write_json(folder / f"{probe_name(spec)}.json", result)
+    print(json.dumps(result), flush=True)

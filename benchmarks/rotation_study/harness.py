@@ -178,17 +178,18 @@ def evaluate_canonicalised(model, items: list, kpt_ind: np.ndarray, device, batc
     """What a canonicalised run adds to its record (issue 23), over the test angles and OFF_GRID_ANGLES:
     nme_off_grid {angle: 2D NME %}; nme_oracle {angle: NME} with the estimator replaced by the true test angle (the
     crop turned back exactly as it was turned: what a perfect canonicaliser gives this backbone); angle_error
-    {angle: {"mean", "max"} |degrees|}: the estimate on the turned crop against the estimate on the unturned one
-    plus the test angle (the face's own roll cancels)."""
+    {angle: {"mean", "max"} |degrees|}: the angle the network turns the crop back by (Canonicalized.angle, with its
+    refinement) on the turned crop against the one on the unturned crop plus the test angle (the face's own roll
+    cancels)."""
     import torch
 
     from engine.evaluate import evaluate_model
-    from model.canonical import Canonicalized, angle_degrees
+    from model.canonical import Canonicalized
 
     out = {"nme_off_grid": evaluate_angles(model, items, kpt_ind, device, batch, OFF_GRID_ANGLES),
            "nme_oracle": {}, "angle_error": {}}
     for angle in list(angles) + list(OFF_GRID_ANGLES):
-        oracle = Canonicalized(model.backbone, _FixedAngle(angle)).eval()
+        oracle = Canonicalized(model.backbone, _FixedAngle(angle), refine=0).eval()
         report = evaluate_model(oracle, RotatedEvalSet(items, angle), kpt_ind, None, device, batch)
         out["nme_oracle"][int(angle)] = {"mean": float(np.mean(report.nme2d))}
 
@@ -198,7 +199,7 @@ def evaluate_canonicalised(model, items: list, kpt_ind: np.ndarray, device, batc
         with torch.no_grad():
             for k in range(0, len(data), batch):
                 x = torch.stack([data[i]["image"] for i in range(k, min(k + batch, len(data)))]).to(device)
-                found.append(angle_degrees(model.estimator(x).float()).cpu().numpy())
+                found.append(model.angle(x).cpu().numpy())
         return np.concatenate(found)
 
     upright = estimates(0)
@@ -236,9 +237,11 @@ def _stamp(device, argv) -> dict:
             "machine": machine_line(device)}
 
 
-def _existing(path: Path, settings: dict) -> dict | None:
-    """The finished run in `path`, None when it must be trained (absent or corrupt: said so); SystemExit with one
-    sentence when it was made with other settings."""
+def _existing(path: Path, settings: dict, canonicalised: bool = False) -> dict | None:
+    """The finished run in `path`, None when it must be trained (absent, corrupt, or a canonicalised run made with
+    an earlier canonicaliser: said so); SystemExit with one sentence when it was made with other settings."""
+    from model.canonical import CANONICALISER
+
     if not path.exists():
         return None
     try:
@@ -250,6 +253,10 @@ def _existing(path: Path, settings: dict) -> dict | None:
     if diff:
         raise SystemExit(f"{path} was made with other settings ({diff} there); pass another --runs folder or "
                          f"remove it.")
+    if canonicalised and record["facts"].get("canonicaliser") != CANONICALISER:
+        print(f"{path} was made with an earlier canonicaliser ({record['facts'].get('canonicaliser')}, now "
+              f"{CANONICALISER}): training it again", flush=True)
+        return None
     return record
 
 
@@ -297,7 +304,7 @@ def train_missing(args, runs_dir: Path, argv=None) -> None:
             kwargs = model_kwargs(name, base, args.width_mult, args.topk, args.size, args.head)
             for rotation in ((False,) if label in CANONICALISED else (False, True)):
                 path = runs_dir / run_filename(label, rotation, seed)
-                if _existing(path, settings) is not None:
+                if _existing(path, settings, label in CANONICALISED) is not None:
                     skipped += 1
                     continue
                 if deadline is not None and time.perf_counter() > deadline:
@@ -311,6 +318,10 @@ def train_missing(args, runs_dir: Path, argv=None) -> None:
                 nme = evaluate_angles(model, items, kpt_ind, device, args.batch, angles)
                 extra = (evaluate_canonicalised(model, items, kpt_ind, device, args.batch, args.angles)
                          if label in CANONICALISED else {})
+                if label in CANONICALISED:
+                    from model.canonical import CANONICALISER
+
+                    facts["canonicaliser"] = dict(CANONICALISER)
                 facts["eval_seconds"] = round(time.perf_counter() - t0, 2)
                 facts.update(cpu_seconds=round(time.process_time() - cpu0, 2), threads=threads, device=str(device),
                              run_seconds=round(time.perf_counter() - wall0, 2))
