@@ -145,7 +145,8 @@ def cmd_steptime(args) -> None:
     from engine.train import run_training
 
     torch.set_num_threads(args.threads)
-    spec = {**CURVE_DEFAULTS, **json.loads(args.spec), "train_count": 800, "epochs": 2, "appearance": "plain"}
+    spec = {**CURVE_DEFAULTS, **json.loads(args.spec), "train_count": 800, "epochs": 2, "appearance": "plain",
+            "warmup": 10}
     train_root, _ = study_data(800)
     folder = Path(args.out) / "steptime"
     run_dir = folder / "run"
