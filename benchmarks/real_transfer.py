@@ -8,6 +8,7 @@ samples in ../shared/data and the 20 of them with |yaw| <= 30 deg. Only the mean
     python -m benchmarks.real_transfer run --set ablation            # the named runs, each resumable
     python -m benchmarks.real_transfer run --label X --spec JSON     # one run (settings: CURVE_DEFAULTS)
     python -m benchmarks.real_transfer report                        # results/real_transfer.md + .json
+    python -m benchmarks.real_transfer figure                        # docs/appearance.png
 """
 from __future__ import annotations
 
@@ -105,6 +106,32 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_figure(args) -> int:
+    """docs/appearance.png: the same 4 synthetic faces (pose, shape, expression) rendered plain and with --appearance
+    full, one row each (seeded; synthetic only)."""
+    import cv2
+    import numpy as np
+
+    from faceutil.appearance import PLAIN, Appearance
+    from faceutil.facemodel import load_model
+    from faceutil.sampleio import atomic_write_image
+    from faceutil.synthetic import draw_params, render_sample
+
+    model, rows = load_model("synthetic"), []
+    for look in (PLAIN, Appearance.parse("full,-pose")):
+        tiles = []
+        for index in range(1, 5):
+            rng = np.random.default_rng(np.random.SeedSequence([args.seed, index]))
+            pose, shape, exp = draw_params(rng, model, "300W_LP", 450)
+            image, _ = render_sample(model, pose, shape, exp, rng, 450, look)
+            tiles.append(cv2.resize(image, (225, 225), interpolation=cv2.INTER_AREA))
+        rows.append(np.concatenate(tiles, axis=1))
+    path = ROOT / "docs" / "appearance.png"
+    atomic_write_image(path, np.concatenate(rows, axis=0))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.real_transfer", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,8 +143,10 @@ def main(argv=None) -> int:
     rp = sub.add_parser("report")
     for s in (r, rp):
         s.add_argument("--out", default=str(WORK))
+    fg = sub.add_parser("figure", help="docs/appearance.png: plain and randomised renders of the same faces")
+    fg.add_argument("--seed", type=int, default=5)
     args = p.parse_args(argv)
-    return cmd_run(args) if args.command == "run" else cmd_report(args)
+    return {"run": cmd_run, "report": cmd_report, "figure": cmd_figure}[args.command](args)
 
 
 if __name__ == "__main__":
