@@ -134,6 +134,12 @@ def _add_point(curve: dict, path: Path, model, record: dict, minutes: float, tes
           f"(mean face {curve['mean_face_nme2d']:.2f} %){extra}", flush=True)
 
 
+def steptime_name(spec: dict) -> str:
+    """The step-time record's name: what a step's cost depends on (network, width, input size, batch, precision)."""
+    return (f"{spec['model']}-{spec['encoder'] if spec['model'] == 'e2tkface' else 'full'}-w{spec['width_mult']}-"
+            f"{spec['input_size']}px-b{spec['batch']}-{spec['precision']}")
+
+
 def cmd_steptime(args) -> None:
     """Seconds per optimiser step of a curve's recipe, with the cores to itself (the `step_seconds` of a curve):
     two epochs of the 800-image study set; the second epoch's training time / its steps. Records how busy the
@@ -167,5 +173,5 @@ def cmd_steptime(args) -> None:
               "step_seconds": round(second["train_seconds"] / steps, 4), "steps": steps,
               "cpu_busy": round((cpu2 - cpu1) / ((wall2 - wall1) * args.threads), 3), "machine": machine_line("cpu"),
               "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
-    write_json(folder / f"{probe_name(spec)}.json", result)
+    write_json(folder / f"{steptime_name(spec)}.json", result)
     print(json.dumps(result), flush=True)
