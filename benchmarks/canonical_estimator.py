@@ -74,7 +74,7 @@ def train_estimator(crops, rolls, width: int, disc: bool, seed: int, steps: int 
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return est.eval(), float(loss)
+    return est.eval(), float(loss.detach())
 
 
 def angle_errors(est, test) -> dict:

@@ -23,10 +23,11 @@ Design (why each choice):
   64 (``size``, a divisor of 256 and a multiple of 8: other sizes are refused).
 - Disc: the pooled copy is seen through the disc inscribed in its grid (disc_mask). A crop turned by any angle
   about its centre shows the same disc of content, while its corners (zero-filled by the turn, or cut from a
-  larger photo) change with the angle; upright training crops have no such corners. Measured with the estimator
-  trained alone on the rotation study's 800 upright crops (1,500 steps, C8, width 4): the estimate's error on test
-  crops turned by 7-200 degrees (against the test angle, the face's own roll cancelled) fell from 17.5 to 11.5
-  degrees mean with the disc. The disc is symmetric under quarter turns, so exactness is unchanged.
+  larger photo) change with the angle; upright training crops have no such corners. Measured by
+  benchmarks/canonical_estimator.py (results/canonical_estimator.md: the estimator trained alone on the rotation
+  study's 800 upright crops, 1,500 steps, C8, width 4, 2 seeds): its error on test crops turned by 7-200 degrees
+  (against the test angle, the face's own roll cancelled) is 17.5-20.2 degrees mean without the disc, 11.2-12.7
+  with it. The disc is symmetric under quarter turns, so exactness is unchanged.
 - Average: the irrep-1 field (B, 2, 8, 8) is averaged over all positions (every position weighs the same, so the
   mean is invariant to the permutation a quarter turn makes): v = r (cos t, sin t), and a quarter turn of the
   input turns v by exactly 90 degrees (a permutation and sign change of its two components, up to the order of
@@ -247,7 +248,7 @@ def turn_values(posmap: torch.Tensor, cos_sin: torch.Tensor | None = None, k: to
     return torch.cat(((d + centre) / scale, posmap[:, 2:]), dim=1)
 
 
-REFINE = 1     # second looks of the estimator at the crop it has turned upright (see Canonicalized)
+REFINE = 2     # further looks of the estimator at the crop it has turned upright (see Canonicalized)
 # what a canonicalised network's behaviour depends on beyond its weights: studies record it with their runs
 CANONICALISER = {"disc": True, "refine": REFINE}
 
@@ -264,8 +265,9 @@ class Canonicalized(nn.Module):
     refine (default REFINE): after the first estimate, the estimator looks again, `refine` times, at the copy it
     turned upright and the angle it still reads there is added to the residual turn. The first look must read any
     angle, which the estimator learns from upright faces only through its 45-degree ties; the second look sees a
-    nearly upright face, the range its training covered (measured as in the module notes: 11.5 -> 8.1 degrees mean
-    error with one refining look, 9.0 with two; without the disc one look did not help, 17.5 -> 18.9). Quarter-turn
+    nearly upright face, the range its training covered (measured as in the module notes, 2 seeds: 11.2-12.7 degrees
+    mean error with one look, 7.9-9.0 with a refining look, 6.9-7.0 with two, the default; without the disc the
+    refining looks made it worse, 17.5-20.2 -> 17.2-29.6). Quarter-turn
     exactness is kept: crops a quarter turn apart give the same upright copy, hence the same correction. It is a
     choice of inference, not of weights: every checkpoint runs with it in eval mode (training, on upright faces,
     takes the single look), refine=0 gives the single look always.

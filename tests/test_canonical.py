@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import build_model
-from model.canonical import (AngleEstimator, Canonicalized, angle_degrees, angle_loss, check_estimator_size,
+from model.canonical import (REFINE, AngleEstimator, Canonicalized, angle_degrees, angle_loss, check_estimator_size,
                              quarter_turn_vectors, roll_of_posmaps, rot90_each, rotate_images, split_angle,
                              turn_values)
 from model.registry import ModelConfigError
@@ -78,7 +78,7 @@ def test_canonicalised_network_is_exact_at_quarter_turns(nets, name, refine):
                 assert (yk - expected).abs().max() <= tol, (name, dtype, k)
                 assert (yk - y).abs().max() > 0.1                                         # the turn is visible
     net.float()
-    net.refine = 1
+    net.refine = REFINE
 
 
 def test_value_turn_matches_hand_computed_points():
