@@ -45,6 +45,14 @@ def run_figures(run: dict) -> dict:
             "off_grid": _by_angle(run.get("nme_off_grid"))}
 
 
+def version(run: dict) -> str:
+    """The canonicaliser a run was made with, in words (runs before the record existed: the first one)."""
+    made = run["facts"].get("canonicaliser")
+    if not made:
+        return "first (no disc, 1 look)"
+    return f"{'disc' if made.get('disc') else 'no disc'}, {1 + made.get('refine', 0)} looks"
+
+
 def canonical_section(runs: list, baseline: dict | None) -> list[str]:
     """Markdown lines of the section, [] when no canonicalised run exists."""
     mine = [r for r in runs if r["label"] in CANONICALISED and passes(r, baseline)]
@@ -60,9 +68,11 @@ def canonical_section(runs: list, baseline: dict | None) -> list[str]:
           "true test angle (what a perfect canonicaliser would give). Angle error = |estimate on the turned crop − "
           "estimate on the upright crop − test angle| (the face's own roll cancels), mean / max over images and "
           "angles. Off-grid: NME at " + ", ".join(f"{a}°" for a in OFF_GRID_ANGLES) + ".", "",
-          "| network | seed | 0° | cost | exact | 0° − backbone alone (same seed, no rotation aug) | oracle cost | "
+          "Canonicaliser: the version a run was made with (the first had no disc and one look; the harness retrains "
+          "such runs). Estimator alone: [canonical_estimator.md](canonical_estimator.md).", "",
+          "| network | seed | canonicaliser | 0° | cost | exact | 0° − backbone alone (same seed, no rotation aug) | oracle cost | "
           "angle error, test angles (mean / max) | angle error off-grid (mean / max) | off-grid NME |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     goals = {"cost": [], "exact": [], "upright": []}
     for r in sorted(mine, key=lambda r: (r["label"], r["seed"])):
         f = run_figures(r)
@@ -71,7 +81,7 @@ def canonical_section(runs: list, baseline: dict | None) -> list[str]:
         goals["cost"].append(f["cost"])
         goals["exact"].append(f["exact"])
         goals["upright"].append(delta)
-        md.append(f"| {r['label']} | {r['seed']} | {f['at0']:.2f} | {_f(f['cost'], '+.2f')} | "
+        md.append(f"| {r['label']} | {r['seed']} | {version(r)} | {f['at0']:.2f} | {_f(f['cost'], '+.2f')} | "
                   f"{_f(f['exact'], '.3f')} | {_f(delta, '+.2f')} | {_f(f['oracle_cost'], '+.2f')} | "
                   f"{_f(f['angle_grid'][0], '.1f')}° / {_f(f['angle_grid'][1], '.1f')}° | "
                   f"{_f(f['angle_off'][0], '.1f')}° / {_f(f['angle_off'][1], '.1f')}° | "
