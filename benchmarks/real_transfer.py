@@ -100,6 +100,7 @@ def cmd_report(args) -> int:
                   f"{r['epochs']} | {r['steps']} | {r['wall_minutes']:.1f} | {r['genuine']:.2f} | "
                   f"{r['genuine_mean']:.2f} | "
                   f"{r['frontal']:.2f} | {r['frontal_mean']:.2f} | {r['synthetic']:.2f} | {r['synthetic_mean']:.2f} |")
+    md += ["", "## Reading", ""] + reading(rows) + [""]
     atomic_write_bytes(RESULTS_DIR / "real_transfer.md", ("\n".join(md) + "\n").encode("utf-8"))
     write_json(RESULTS_DIR / "real_transfer.json", {"runs": rows})
     print(f"wrote {RESULTS_DIR / 'real_transfer.md'}")
@@ -130,6 +131,29 @@ def cmd_figure(args) -> int:
     atomic_write_image(path, np.concatenate(rows, axis=0))
     print(f"wrote {path}")
     return 0
+
+
+def reading(rows: list[dict]) -> list[str]:
+    """Sentences computed from the rows: plain against full at the same budget, the best run against the goals."""
+    by = {r["label"]: r for r in rows if r["finished"]}
+    out = []
+    if "plain" in by and "full" in by:
+        p, f = by["plain"], by["full"]
+        out.append(f"- Same data size and steps ({p['train_count']} images, {p['steps']} steps, one seed each): with "
+                   f"every randomisation the network scores {f['genuine']:.2f} % on the 31 genuine samples against "
+                   f"{p['genuine']:.2f} % plain ({f['genuine'] - p['genuine']:+.2f} points; their mean faces "
+                   f"{f['genuine_mean']:.2f} / {p['genuine_mean']:.2f} %), {f['frontal']:.2f} against "
+                   f"{p['frontal']:.2f} % on the 20 near-frontal ones (mean faces {f['frontal_mean']:.2f} / "
+                   f"{p['frontal_mean']:.2f} %), and {f['synthetic']:.2f} against {p['synthetic']:.2f} % on the plain "
+                   "synthetic test set, whose look only the plain network was trained on. One seed each: the "
+                   "ablation set (`--set ablation`) repeats the comparison switch by switch.")
+    if by:
+        best = min(by.values(), key=lambda r: r["genuine"])
+        verdict = "met" if best["genuine"] <= GOAL else f"not met (by {best['genuine'] - GOAL:.2f} points)"
+        out.append(f"- Best so far: {best['label']}, {best['genuine']:.2f} % on the 31 genuine samples; goal ≤ "
+                   f"{GOAL:g} %: {verdict}; moonshot ≤ {MOONSHOT:g} %: "
+                   f"{'met' if best['genuine'] <= MOONSHOT else 'not met'}.")
+    return out or ["- No finished run yet."]
 
 
 def main(argv=None) -> int:
