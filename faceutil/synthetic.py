@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceutil.appearance import PLAIN, Appearance
+from faceutil.appearance import PLAIN, Appearance, wide_pitch_roll
 from faceutil.errors import FaceUtilError
 from faceutil.morphable import MorphableModel
 from faceutil.synthetic_model import EYE_CLOSE_MODES, JAW_OPEN, build_synthetic_model, smoothstep
@@ -60,8 +60,6 @@ def draw_params(rng: np.random.Generator, model: MorphableModel, kind: str = "30
     pitch = math.radians(float(np.clip(rng.normal(0.0, pitch_sd), -30.0, 30.0)))
     roll = math.radians(float(np.clip(rng.normal(0.0, 8.0), -30.0, 30.0)))
     if "pose" in appearance:
-        from faceutil.appearance import wide_pitch_roll
-
         pitch, roll = wide_pitch_roll(rng)
     scale = rng.uniform(1.0e-3, 1.6e-3)
     tz = rng.uniform(-100.0, -20.0)
