@@ -433,6 +433,9 @@ def validate(config: Config, known_models: Sequence[str] | None = None) -> Confi
         Appearance.parse(config.appearance)
     except FaceUtilError as err:
         raise ConfigError(f"--appearance: {err}.") from None
+    if Appearance.parse(config.appearance) and not config.demo:
+        raise ConfigError("--appearance shapes the images --demo synthesises; for a training set of your own, "
+                          "synthesise it with processor.py --synthesize --appearance.")
     if config.optimizer not in OPTIMIZERS:
         raise ConfigError(f"Unknown --optimizer={config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
     if config.lr_schedule not in LR_SCHEDULES:

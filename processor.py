@@ -64,6 +64,8 @@ def main(argv=None) -> int:
             raise ConfigError("Give the output folder with -o=DIR.")
         if args.get("threads", 1) < 1:
             raise ConfigError(f"--thread must be at least 1, not {args['threads']}.")
+        if "appearance" in args and "synthesize" not in args:
+            raise ConfigError("--appearance applies to --synthesize only (processing keeps the images as they are).")
         if "synthesize" in args:
             from faceutil.appearance import Appearance
             from faceutil.facemodel import load_model

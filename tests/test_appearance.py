@@ -139,3 +139,5 @@ def test_processor_refuses_a_bad_appearance_in_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("processor.py: unknown appearance switch 'hats'") and "\n" not in err
     assert not any((tmp_path / "x").glob("*.jpg")) if (tmp_path / "x").exists() else True
+    assert processor.main([f"-i={tmp_path}", f"-o={tmp_path / 'y'}", "--appearance=full"]) == 2
+    assert "--appearance applies to --synthesize only" in capsys.readouterr().err

@@ -73,6 +73,7 @@ def test_defaults_follow_the_paper():
     (["--demo", "--optimizer=sgd"], "Unknown --optimizer='sgd'"),
     (["--demo", "--warmup=-1"], "--warmup must be 0 or more"),
     (["--demo", "--appearance=hair,hats"], "--appearance: unknown appearance switch 'hats'"),
+    (["-train=True", "--appearance=full"], "--appearance shapes the images --demo synthesises"),
     (["--demo", "--visibleDevice=a,b"], "not a comma-separated list"),
     (["-train=False"], "Nothing to do"),
     (["-td=/nonexistent/folder"], "-td/--train-dir does not exist"),
