@@ -191,7 +191,7 @@ class Config:
     export_format: str | None = None
     # demo sizes
     demo_train_count: int = 600
-    demo_test_count: int = 40
+    demo_test_count: int = 200
     appearance: str = "plain"     # the synthetic training images' randomisations (faceutil.appearance)
     # flags the user gave explicitly (not saved; lets a checkpoint's model name win over a default)
     given: tuple = field(default=(), compare=False, repr=False)

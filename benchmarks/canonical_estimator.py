@@ -6,7 +6,10 @@ roll (roll_of_posmaps of its position map against the mean face), on the rotatio
 training crops (no rotation augmentation), then shown the study's 120 test crops turned by ANGLES. Error: the
 angle it turns the turned crop back by, minus the one for the unturned crop, minus the test angle, wrapped, |deg|
 (the face's own roll cancels); "looks" 1 = one estimate, 2 = plus one refining look at the copy turned upright, 3 =
-plus two.
+plus two. Variants: "disc" C8 regular fields, the copy seen through the inscribed disc (the first default);
+"nodisc" the same without the disc; "disc-c16" C16 (the default since 2026-12-07); "disc-so2" SO(2) fields of
+frequencies 0-3 with norm-ReLU and norm BatchNorm (one seed: its training loss stayed 2-4x the others', and so did
+its error).
 
     python -m benchmarks.canonical_estimator [--variants disc,nodisc] [--seeds 0 1]   # -> results/canonical_estimator.md
 """
@@ -25,8 +28,9 @@ from benchmarks.common import RESULTS_DIR, machine_line, write_json
 
 ANGLES = (7, 15, 30, 37, 45, 60, 75, 143, 200)
 LOOKS = (1, 2, 3)
-VARIANTS = {"disc": {"disc": True, "width": 4}, "nodisc": {"disc": False, "width": 4},
-            "disc-width8": {"disc": True, "width": 8}}
+VARIANTS = {"disc": {"disc": True, "width": 4, "N": 8}, "nodisc": {"disc": False, "width": 4, "N": 8},
+            "disc-width8": {"disc": True, "width": 8, "N": 8}, "disc-c16": {"disc": True, "width": 4, "N": 16},
+            "disc-so2": {"disc": True, "width": 4, "N": 0}}
 WORK = Path("savedmodel") / "canonical_estimator"
 
 
@@ -52,15 +56,15 @@ def study_tensors():
     return crops, rolls, torch.stack([test[i]["image"] for i in range(len(test))])
 
 
-def train_estimator(crops, rolls, width: int, disc: bool, seed: int, steps: int = 1500, lr: float = 2e-3):
-    """An AngleEstimator trained alone (AdamW, 100-step warm-up, cosine, batch 16); eval mode."""
+def train_estimator(crops, rolls, width: int, disc: bool, seed: int, steps: int = 1500, lr: float = 2e-3, N: int = 8):
+    """An AngleEstimator (C_N, N=0: SO(2)) trained alone (AdamW, 100-step warm-up, cosine, batch 16); eval mode."""
     import torch
     from e2cnn import nn as enn
 
     from model.canonical import AngleEstimator, angle_loss
 
     torch.manual_seed(seed)
-    est = AngleEstimator(width=width)
+    est = AngleEstimator(width=width, N=N)
     if not disc:
         est.disc.fill_(1.0)
     opt = torch.optim.AdamW(est.parameters(), lr=lr, weight_decay=2e-4)

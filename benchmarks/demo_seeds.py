@@ -5,6 +5,11 @@ was running, and its minutes say nothing about speed).
 
     python -m benchmarks.demo_seeds run --seeds 0 1 2 3 4 [--time-limit 0]   # skips seeds already done
     python -m benchmarks.demo_seeds report [--name demo]                      # results/<name>.md + <name>.json
+    python -m benchmarks.demo_seeds crosstest --work W [--count 400]          # -> results/demo_crosstest.json
+
+crosstest: every finished seed's network (run/final.pth) and its own mean face on one common synthetic test set
+(count AFLW2000-format faces, seed CROSS_SEED), so that the seeds' ratios differ by their training only and not by
+the sampling of their own small test sets.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = Path("savedmodel") / "demo-seeds"
 SHARED_BELOW = 0.8          # CPU busy share below this: the cores were shared (a lone demo keeps 2 cores ~0.9 busy)
 GOAL_RATIO, GOAL_MINUTES = 0.4, 7.0
+CROSS_SEED = 100           # synthesis seed of the common test set of crosstest (the demo's own use seed + 1)
 LEFT_AT = 0.25              # an epoch whose mean spread ratio (engine.collapse) reaches this has left the mean face
 
 
@@ -108,13 +114,14 @@ def cmd_report(args) -> None:
     rows = collect(Path(args.work))
     if not rows:
         raise SystemExit(f"No finished demo under {args.work}: run `python -m benchmarks.demo_seeds run` first.")
+    test_count = "/".join(str(n) for n in sorted({r.get("test_images", "?") for r in rows}, key=str))
     md = ["# The demo over several seeds", "",
           f"Generated {_dt.datetime.now():%Y-%m-%d %H:%M} by `python -m benchmarks.demo_seeds report "
           f"--work {args.work} --name {args.name}`. Each seed is the README's command `python torchrun.py --demo "
-          "--seed=S` "
-          "(commands below); 2D NME on the demo's 40 synthetic AFLW2000-format test faces; the mean face predicts "
-          "the training set's mean position map for every image. 'cores busy': the command's CPU time / wall time / "
-          f"cores; below {SHARED_BELOW} the cores were shared with other jobs and its minutes are not a speed figure.",
+          f"--seed=S` (commands below); 2D NME on the demo's {test_count} synthetic AFLW2000-format test faces; the "
+          "mean face predicts the training set's mean position map for every image. 'cores busy': the command's CPU "
+          f"time / wall time / cores; below {SHARED_BELOW} the cores were shared with other jobs and its minutes are "
+          "not a speed figure.",
           "", summary_line(rows), ""] + table(rows) + ["", "Commands: " + "; ".join(
               sorted({f"`{r['command']}`" for r in rows if 'command' in r}) or ["(not recorded)"]), ""]
     atomic_write_bytes(RESULTS_DIR / f"{args.name}.md", "\n".join(md).encode("utf-8"))
@@ -124,6 +131,43 @@ def cmd_report(args) -> None:
     write_json(RESULTS_DIR / f"{args.name}.json", {"summary": summary_line(rows), "runs": [
         {k: r[k] for k in keep if k in r} for r in rows]})
     print(summary_line(rows))
+
+
+def cmd_crosstest(args) -> None:
+    import torch
+
+    from config import Config
+    from engine.evaluate import MeanPosmapModel, run_evaluation
+    from faceutil.facemodel import load_model
+    from faceutil.process import process_dataset
+    from faceutil.synthetic import synthesize_dataset
+    from faceutil.uv import uv_layout
+
+    torch.set_num_threads(2)
+    root = Path("savedmodel") / f"demo-crosstest-{args.count}"
+    raw, test = root / "AFLW2000", root / "AFLW2000-crop"
+    if len(list(raw.glob("*.mat"))) < args.count:
+        synthesize_dataset(raw, "AFLW2000", args.count, CROSS_SEED, model=load_model("synthetic"))
+    process_dataset(raw, test, bfm="synthetic", progress=False)
+    uv, results = uv_layout("synthetic"), {}
+    for row in collect(Path(args.work)):
+        folder = Path(args.work) / f"s{row['seed']}"
+        cfg = Config(predict_dir=str(test), out=str(root / "eval" / folder.as_posix().replace("/", "_")),
+                     bfm="synthetic", device="cpu", test=True)
+        sources = (("trained", {"checkpoint": folder / "run" / "final.pth"}),
+                   ("mean-face", {"model": MeanPosmapModel(folder / "data" / "300W_LP-crop")}))
+        nme = {tag: run_evaluation(cfg, **kw, tag=tag, uv=uv, quiet=True).summary["pt3d_68 2D"]["mean"]
+               for tag, kw in sources}
+        results[f"s{row['seed']}"] = {"trained": round(nme["trained"], 2), "mean_face": round(nme["mean-face"], 2),
+                                      "ratio": round(nme["trained"] / nme["mean-face"], 3),
+                                      "own_test_ratio": round(row["after_over_mean_face"], 3)}
+        print(args.work, f"s{row['seed']}", results[f"s{row['seed']}"], flush=True)
+    path = RESULTS_DIR / "demo_crosstest.json"
+    everything = json.loads(path.read_text()) if path.is_file() else {}
+    everything[f"{args.work} on {args.count} faces"] = {
+        "date": f"{_dt.datetime.now():%Y-%m-%d %H:%M}", "test_faces": args.count, "test_seed": CROSS_SEED,
+        "seeds": results}
+    write_json(path, everything)
 
 
 def cmd_run(args) -> None:
@@ -143,13 +187,16 @@ def main(argv=None) -> int:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     r.add_argument("--time-limit", type=float, default=None,
                    help="minutes passed on as --time-limit (default: the demo's own, 7; 0 lifts it)")
-    r.add_argument("--flags", nargs="*", default=[], help="more torchrun.py flags, e.g. --flags=--warmup=500")
+    r.add_argument("--flags", action="append", default=[],
+                   help="one more torchrun.py flag, repeatable, e.g. --flags=--warmup=500 --flags=--lr=3e-4")
     rp = sub.add_parser("report", help="write results/<name>.md and <name>.json")
     rp.add_argument("--name", default="demo", help="file name of the report (default demo)")
-    for s in (r, rp):
+    c = sub.add_parser("crosstest", help="every seed's network on one common test set -> results/demo_crosstest.json")
+    c.add_argument("--count", type=int, default=400, help="faces in the common test set (default 400)")
+    for s in (r, rp, c):
         s.add_argument("--work", default=str(WORK))
     args = p.parse_args(argv)
-    {"run": cmd_run, "report": cmd_report}[args.command](args)
+    {"run": cmd_run, "report": cmd_report, "crosstest": cmd_crosstest}[args.command](args)
     return 0
 
 

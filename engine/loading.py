@@ -46,7 +46,10 @@ def model_spec(config) -> tuple[str, dict]:
         kwargs.setdefault("head", config.head)
         kwargs.setdefault("input_size", config.input_size)
     if config.canonicalize:                      # the registry refuses it, in one sentence, for other networks
+        from model.canonical import ESTIMATOR_ORDER
+
         kwargs.setdefault("canonicalize", True)
+        kwargs.setdefault("estimator_order", ESTIMATOR_ORDER)      # recorded, so the checkpoint says which it holds
     return config.model, kwargs
 
 
@@ -126,6 +129,10 @@ def load_network(path: str | Path, *, model: str | None = None, model_kwargs: di
     if ck.get("model_name") is not None:
         check_canonicalizer(kwargs, ck.get("model_kwargs") or {}, path)
         name, kwargs = ck["model_name"], dict(ck.get("model_kwargs") or {})
+        if kwargs.get("canonicalize") and "estimator_order" not in kwargs:
+            from model.canonical import LEGACY_ORDER
+
+            kwargs["estimator_order"] = LEGACY_ORDER       # saved before the order was recorded: a C8 estimator
     net = factory(name, **kwargs) if factory is not None else build_network(name, kwargs, path)
     load_weights(net, ck, path)
     if train:

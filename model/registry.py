@@ -35,12 +35,14 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_model(name: str, canonicalize: bool = False, **kwargs) -> nn.Module:
+def build_model(name: str, canonicalize: bool = False, estimator_order: int | None = None, **kwargs) -> nn.Module:
     """Build the registered model ``name`` with builder keyword overrides; an unknown name raises ModelConfigError.
 
     canonicalize=True wraps a position-map network (CANONICALIZABLE) in model.canonical.Canonicalized (an angle
     estimator turns the crop upright, the output values are turned back); it is one more builder keyword, so it
     travels in a checkpoint's model_kwargs. Without it (or with False) the model is built exactly as before.
+    estimator_order: the estimator's rotation group C_N (default model.canonical.ESTIMATOR_ORDER; checkpoints that
+    record none are loaded with LEGACY_ORDER by engine.loading).
     """
     key = name.lower()
     if key not in _BUILDERS:
@@ -50,9 +52,11 @@ def build_model(name: str, canonicalize: bool = False, **kwargs) -> nn.Module:
     if canonicalize and key not in CANONICALIZABLE:
         raise ModelConfigError(f"canonicalize needs a position-map network ({', '.join(CANONICALIZABLE)}); "
                                f"model {name!r} cannot carry it.")
+    if estimator_order is not None and not canonicalize:
+        raise ModelConfigError("estimator_order belongs to a canonicalised network: give canonicalize=True with it.")
     net = _BUILDERS[key](**kwargs)
     if not canonicalize:
         return net
-    from .canonical import AngleEstimator, Canonicalized     # deferred: e2cnn is slow to import
+    from .canonical import ESTIMATOR_ORDER, AngleEstimator, Canonicalized     # deferred: e2cnn is slow to import
 
-    return Canonicalized(net, AngleEstimator())
+    return Canonicalized(net, AngleEstimator(N=ESTIMATOR_ORDER if estimator_order is None else estimator_order))

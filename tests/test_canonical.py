@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from model import build_model
-from model.canonical import (REFINE, AngleEstimator, Canonicalized, angle_degrees, angle_loss, check_estimator_size,
-                             quarter_turn_vectors, roll_of_posmaps, rot90_each, rotate_images, split_angle,
-                             turn_values)
+from model.canonical import (ESTIMATOR_ORDER, LEGACY_ORDER, REFINE, AngleEstimator, Canonicalized, angle_degrees,
+                             angle_loss, check_estimator_size, quarter_turn_vectors, roll_of_posmaps, rot90_each,
+                             rotate_images, split_angle, turn_values)
 from model.registry import ModelConfigError
 
 SMALL = {"prnet": {"input_size": 64}, "e2tkface": {"input_size": 64, "width_mult": 0.25}}
@@ -43,10 +43,18 @@ def nets(one_torch_thread):
     return {name: build_model(name, canonicalize=True, **kw).eval() for name, kw in SMALL.items()}
 
 
-@pytest.mark.parametrize("dtype, vector_tol, angle_tol", [(torch.float32, 1e-6, 0.05), (torch.float64, 1e-13, 1e-8)])
-def test_estimated_angle_shifts_by_exactly_a_quarter_turn_per_rot90(one_torch_thread, dtype, vector_tol, angle_tol):
+_PRECISIONS = ((torch.float32, 1e-6, 0.05), (torch.float64, 1e-13, 1e-8))
+
+
+@pytest.mark.parametrize("order, dtype, vector_tol, angle_tol", [
+    (order, *p) for order in (ESTIMATOR_ORDER, LEGACY_ORDER, 0) for p in _PRECISIONS if order or p[0] == torch.float32])
+def test_estimated_angle_shifts_by_exactly_a_quarter_turn_per_rot90(one_torch_thread, order, dtype, vector_tol,
+                                                                     angle_tol):
+    """For C16 (the default), C8 (older checkpoints) and SO(2) (order 0, fp32 only: e2cnn's SO(2) basis expansion
+    does not follow a float64 module; in training mode, whose batch statistics give it a non-zero output before
+    training)."""
     torch.manual_seed(1)
-    est = AngleEstimator().to(dtype).eval()
+    est = AngleEstimator(N=order).to(dtype).train(order == 0)
     x = _crops(dtype, batch=4, seed=1)
     with torch.no_grad():
         v = est(x)
@@ -56,6 +64,24 @@ def test_estimated_angle_shifts_by_exactly_a_quarter_turn_per_rot90(one_torch_th
             assert (vk - quarter_turn_vectors(v, torch.full((4,), k))).abs().max() <= vector_tol
             shift = _wrapped_degrees(angle_degrees(vk) - angle_degrees(v) - 90.0 * k)
             assert shift.abs().max() <= angle_tol
+
+
+def test_the_estimators_twin_gives_its_output(one_torch_thread):
+    """export(): plain torch layers; BatchNorm statistics are first moved off their initial values by a few
+    training-mode passes. The SO(2) variant (benchmarks only) has no twin: one sentence."""
+    torch.manual_seed(3)
+    est = AngleEstimator().train()
+    with torch.no_grad():
+        for seed in range(3):
+            est(_crops(batch=8, seed=seed))
+        est.eval()
+        x = _crops(batch=4, seed=5)
+        v = est(x)
+        twin = est.export()
+        assert v.abs().max() > 1e-3 and not any(isinstance(m, AngleEstimator) for m in twin.modules())
+        assert (twin(x) - v).abs().max() <= 1e-5 * v.abs().max()
+    with pytest.raises(ModelConfigError, match="plain-torch twin"):
+        AngleEstimator(N=0).export()
 
 
 @pytest.mark.parametrize("refine", [0, 1])
@@ -173,7 +199,7 @@ def test_the_option_travels_in_a_checkpoint_and_the_twin_agrees(nets, name, tmp_
     keys = list(net.state_dict())
     assert all(k.startswith(("backbone.", "estimator.")) for k in keys)
     assert [k[len("backbone."):] for k in keys if k.startswith("backbone.")] == list(net.backbone.state_dict())
-    kwargs = {"canonicalize": True, **SMALL[name]}
+    kwargs = {"canonicalize": True, "estimator_order": ESTIMATOR_ORDER, **SMALL[name]}
     path = save_checkpoint(tmp_path / "c.pth", make_checkpoint(net, name, kwargs))
     eager = load_network(path, export=False)
     twin = load_network(path, export=True)
@@ -185,6 +211,25 @@ def test_the_option_travels_in_a_checkpoint_and_the_twin_agrees(nets, name, tmp_
         assert (twin.module(x) - y).abs().max() < 1e-5
         k = torch.full((3,), 1)
         assert (twin.module(torch.rot90(x, 1, dims=(-2, -1))) - turn_values(twin.module(x), k=k)).abs().max() < 2e-5
+
+
+def test_a_checkpoint_that_names_no_estimator_order_loads_its_c8_estimator(tmp_path):
+    """Canonicalised checkpoints saved before the order was recorded hold a C8 estimator: they load unchanged."""
+    from engine.checkpoint import make_checkpoint, save_checkpoint
+    from engine.loading import load_network
+
+    torch.manual_seed(2)
+    old = build_model("prnet", canonicalize=True, estimator_order=LEGACY_ORDER, **SMALL["prnet"]).eval()
+    kwargs = {"canonicalize": True, **SMALL["prnet"]}                    # as such a checkpoint records them
+    path = save_checkpoint(tmp_path / "old.pth", make_checkpoint(old, "prnet", kwargs))
+    loaded = load_network(path, export=False)
+    assert loaded.module.estimator.N == LEGACY_ORDER != ESTIMATOR_ORDER
+    x = _crops()
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), old(x))
+    assert build_model("prnet", canonicalize=True, **SMALL["prnet"]).estimator.N == ESTIMATOR_ORDER
+    with pytest.raises(ModelConfigError, match="canonicalize=True"):
+        build_model("prnet", estimator_order=8)
 
 
 def test_mean_residual_head_is_reached_through_the_wrapper():
@@ -331,7 +376,9 @@ def test_the_trained_option_runs_in_test_and_both_onnx_files_quarter_turns_exact
     for k in (1, 2, 3):
         turned = backend(torch.rot90(x, k, dims=(-2, -1)).numpy())
         want = turn_values(torch.from_numpy(got), k=torch.full((4,), k)).numpy()
-        assert np.abs(turned - want).max() * 280.0 <= 1e-3, k               # px; measured 7e-5 to 9e-5
+        # px; measured 7e-5 to 9e-5 with the C8 estimator, 1.1e-3 with C16 (fp32 sums over twice the channels
+        # steer the residual angle); the eager fp32 bound above is 2e-5 of the output, 5.6e-3 px
+        assert np.abs(turned - want).max() * 280.0 <= 5.6e-3, k
     capsys.readouterr()
 
 
