@@ -8,7 +8,7 @@ angle it turns the turned crop back by, minus the one for the unturned crop, min
 (the face's own roll cancels); "looks" 1 = one estimate, 2 = plus one refining look at the copy turned upright, 3 =
 plus two. Variants: "disc" C8 regular fields, the copy seen through the inscribed disc (the first default);
 "nodisc" the same without the disc; "disc-c16" C16 (the default since 2026-12-07); "disc-so2" SO(2) fields of
-frequencies 0-3 with norm-ReLU and norm BatchNorm (one seed: its training loss stayed 2-4x the others', and so did
+frequencies 0-3 with norm-ReLU and norm BatchNorm (one seed: its training loss stayed 1.5-4x the others', and so did
 its error).
 
     python -m benchmarks.canonical_estimator [--variants disc,nodisc] [--seeds 0 1]   # -> results/canonical_estimator.md

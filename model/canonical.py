@@ -13,8 +13,8 @@ Design (why each choice):
   trained on upright faces only read angles it never saw between the quarter turns. Measured
   (results/canonical_estimator.md, estimator alone, 2 seeds, with the two refining looks): C8 6.9-7.0 degrees mean
   error on crops turned 7-200 degrees, C16 4.6-4.9; SO(2) fields of frequencies 0-3 with norm-ReLU (one seed):
-  10.0, its training loss 2-4x the regular fields' (the norm nonlinearity fits the roll worse). C16 costs twice
-  C8's channels per field (15,740 parameters at width 4; C8: 8,060) and about 2.3x its time per call; C8 remains
+  10.0, its training loss 1.5-4x the regular fields' (the norm nonlinearity fits the roll worse). C16 costs twice
+  C8's channels per field (15,740 parameters at width 4; C8: 8,060; its time: canonical_cost.md predates it); C8 remains
   available as AngleEstimator(N=8) (estimator_order=8 in build_model), and the LEGACY_ORDER for checkpoints whose
   model_kwargs name no order.
 - Grid: the 256 crop is area-pooled 4x4 to 64x64, then three stages of 3x3 (first 5x5) steerable convolutions,
