@@ -165,7 +165,6 @@ class AngleEstimator(SteerableModule):
         return PlainAngleEstimator(nn.Sequential(*layers), self.size).eval()
 
 
-
 class PlainAngleEstimator(nn.Module):
     """AngleEstimator.export(): the same map (B, 3, 256, 256) -> (B, 2) with plain torch layers (ONNX-friendly)."""
 
