@@ -50,7 +50,7 @@ def version(run: dict) -> str:
     made = run["facts"].get("canonicaliser")
     if not made:
         return "first (no disc, 1 look)"
-    return f"{'disc' if made.get('disc') else 'no disc'}, {1 + made.get('refine', 0)} looks"
+    return f"C{made.get('order', 8)}, {'disc' if made.get('disc') else 'no disc'}, {1 + made.get('refine', 0)} looks"
 
 
 def canonical_section(runs: list, baseline: dict | None) -> list[str]:
@@ -61,7 +61,8 @@ def canonical_section(runs: list, baseline: dict | None) -> list[str]:
     plain = {(r["label"], r["seed"]): _by_angle(r["nme"])[0] for r in runs
              if not r["rotation"] and r["label"] in BACKBONE.values() and passes(r, baseline)}
     md = ["", "## Canonicalised networks (issue 23): trained without rotation augmentation", "",
-          "Each backbone behind the C8 angle estimator (model/canonical.py): the crop is turned upright by the "
+          "Each backbone behind the angle estimator (model/canonical.py; C16 since 2026-12-07, C8 before): the crop "
+          "is turned upright by the "
           "estimated angle (quarter turns exact, the rest one bilinear resampling) and the position map's x, y "
           "values are turned back. Cost = mean NME over 15–180° minus NME at 0°. Exact = the larger of |NME(90°) − "
           "NME(0°)| and |NME(180°) − NME(0°)|. Oracle = the same trained network with its estimator replaced by the "
