@@ -11,7 +11,7 @@ plus two. Variants: "disc" C8 regular fields, the copy seen through the inscribe
 frequencies 0-3 with norm-ReLU and norm BatchNorm (one seed: its training loss stayed 1.5-4x the others', and so did
 its error).
 
-    python -m benchmarks.canonical_estimator [--variants disc,nodisc] [--seeds 0 1]   # -> results/canonical_estimator.md
+    python -m benchmarks.canonical_estimator [--variants disc,nodisc] [--seeds 0 1]  # -> results/canonical_estimator.md
 """
 from __future__ import annotations
 
@@ -30,7 +30,11 @@ ANGLES = (7, 15, 30, 37, 45, 60, 75, 143, 200)
 LOOKS = (1, 2, 3)
 VARIANTS = {"disc": {"disc": True, "width": 4, "N": 8}, "nodisc": {"disc": False, "width": 4, "N": 8},
             "disc-width8": {"disc": True, "width": 8, "N": 8}, "disc-c16": {"disc": True, "width": 4, "N": 16},
-            "disc-so2": {"disc": True, "width": 4, "N": 0}}
+            "disc-so2": {"disc": True, "width": 4, "N": 0},
+            "disc-c16-w2": {"disc": True, "width": 2, "N": 16},
+            "disc-c16-s32": {"disc": True, "width": 4, "N": 16, "size": 32},
+            "disc-c16-w2-s32": {"disc": True, "width": 2, "N": 16, "size": 32},
+            "disc-c16-w3": {"disc": True, "width": 3, "N": 16}}
 WORK = Path("savedmodel") / "canonical_estimator"
 
 
@@ -56,15 +60,18 @@ def study_tensors():
     return crops, rolls, torch.stack([test[i]["image"] for i in range(len(test))])
 
 
-def train_estimator(crops, rolls, width: int, disc: bool, seed: int, steps: int = 1500, lr: float = 2e-3, N: int = 8):
-    """An AngleEstimator (C_N, N=0: SO(2)) trained alone (AdamW, 100-step warm-up, cosine, batch 16); eval mode."""
+def train_estimator(crops, rolls, width: int, disc: bool, seed: int, steps: int = 1500, lr: float = 2e-3, N: int = 8,
+                    size: int = 64):
+    """An AngleEstimator (C_N, N=0: SO(2); on a size x size copy) trained alone (AdamW, 100-step warm-up, cosine,
+    batch 16); eval mode. crops: (N, 3, 64, 64)."""
     import torch
     from e2cnn import nn as enn
 
     from model.canonical import AngleEstimator, angle_loss
 
     torch.manual_seed(seed)
-    est = AngleEstimator(width=width, N=N)
+    est = AngleEstimator(width=width, N=N, size=size)
+    crops = torch.nn.functional.avg_pool2d(crops, 64 // size) if size != 64 else crops
     if not disc:
         est.disc.fill_(1.0)
     opt = torch.optim.AdamW(est.parameters(), lr=lr, weight_decay=2e-4)

@@ -80,6 +80,7 @@ from .errors import ModelConfigError
 apply_e2cnn_compat()
 
 ESTIMATOR_SIZE = 64
+ESTIMATOR_WIDTH = 4        # regular fields in the first stage (then 2x, 4x)
 ESTIMATOR_ORDER = 16       # C16: 4.6-4.9 degrees mean error against 6.9-7.0 for C8 (benchmarks.canonical_estimator)
 LEGACY_ORDER = 8           # what a checkpoint whose model_kwargs name no estimator_order holds
 SO2_FREQUENCY = 3         # highest irrep of the hidden fields of the SO(2) estimator (N=0)
@@ -115,7 +116,7 @@ class AngleEstimator(SteerableModule):
     rotation by a (counter-clockwise as displayed), up to float summation order.
     """
 
-    def __init__(self, width: int = 4, size: int = ESTIMATOR_SIZE, N: int = ESTIMATOR_ORDER):
+    def __init__(self, width: int = ESTIMATOR_WIDTH, size: int = ESTIMATOR_SIZE, N: int = ESTIMATOR_ORDER):
         super().__init__()
         check_estimator_size(size)
         if N % 4 or N < 0:
@@ -142,14 +143,19 @@ class AngleEstimator(SteerableModule):
         self.register_buffer("disc", disc_mask(size), persistent=False)
         self.finish_steerable()
 
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) crop, S a multiple of size -> (B, 3, size, size) area-pooled copy the network reads."""
+        return F.avg_pool2d(x, x.shape[-1] // self.size) if x.shape[-1] != self.size else x
+
     def field(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, S, S) crop, S a multiple of size (the 256 crop, or its copy at the backbone's input size)
-        -> (B, 2, size / 8, size / 8) frequency-1 vector field. The pooled copy is seen through a disc."""
-        x = F.avg_pool2d(x, x.shape[-1] // self.size) if x.shape[-1] != self.size else x
+        """x: (B, 3, S, S) crop (S a multiple of size) -> (B, 2, size / 8, size / 8) frequency-1 vector field. The
+        pooled copy is seen through a disc."""
+        x = self.pool(x)
         return self.net(enn.GeometricTensor(x * self.disc.to(x.dtype), self.in_type)).tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, S, S) crop -> (B, 2) float vector (cos t, sin t) * r, averaged over the field."""
+        """x: (B, 3, S, S) crop or its pooled copy -> (B, 2) float vector (cos t, sin t) * r, averaged over the
+        field."""
         return self.field(x).mean(dim=(2, 3))
 
     @torch.no_grad()
@@ -173,8 +179,10 @@ class PlainAngleEstimator(nn.Module):
         self.net, self.size = net, size
         self.register_buffer("disc", disc_mask(size), persistent=False)
 
+    pool = AngleEstimator.pool
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool2d(x, x.shape[-1] // self.size) if x.shape[-1] != self.size else x
+        x = self.pool(x)
         return self.net(x * self.disc.to(x.dtype)).mean(dim=(2, 3))
 
 
@@ -250,28 +258,41 @@ def turn_values(posmap: torch.Tensor, cos_sin: torch.Tensor | None = None, k: to
     goes to (c dx + s dy, -s dx + c dy) (faceutil.crop.rotation_about). Returns (B, 3, H, W), same scale.
     """
     d = posmap[:, :2] * scale - centre                                   # (B, 2, H, W) offsets in crop pixels
-    if cos_sin is not None:
-        c, s = (cos_sin[:, i].view(-1, 1, 1) for i in (0, 1))
-        d = torch.stack((c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]), dim=1)
-    if k is not None:
-        k = k.view(-1, 1, 1)
-        dx, dy = d[:, 0], d[:, 1]
-        rx = torch.where(k == 0, dx, torch.where(k == 1, dy, torch.where(k == 2, -dx, -dy)))
-        ry = torch.where(k == 0, dy, torch.where(k == 1, -dx, torch.where(k == 2, -dy, dx)))
-        d = torch.stack((rx, ry), dim=1)
+    m = value_turn_matrix(posmap.shape[0], cos_sin, k, posmap.device).to(d.dtype).view(-1, 2, 2, 1, 1)
+    d = torch.stack((m[:, 0, 0] * d[:, 0] + m[:, 0, 1] * d[:, 1], m[:, 1, 0] * d[:, 0] + m[:, 1, 1] * d[:, 1]), dim=1)
     return torch.cat(((d + centre) / scale, posmap[:, 2:]), dim=1)
 
 
-REFINE = 2     # further looks of the estimator at the crop it has turned upright (see Canonicalized)
+def value_turn_matrix(batch: int, cos_sin: torch.Tensor | None = None, k: torch.Tensor | None = None,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, 2, 2) matrices M with offset' = M offset: the float turn (cos a, sin a) (rows (c, s), (-s, c)), then k
+    quarter turns, each (dx, dy) -> (dy, -dx), applied to M's rows. A quarter turn only swaps rows and changes their
+    signs, so M's entries are exactly +-c, +-s (or 0, +-1): the turned values of two inputs a quarter turn apart
+    are the same products and sums, negated or swapped, i.e. exact."""
+    if cos_sin is None:
+        c, s = torch.ones(batch, device=device), torch.zeros(batch, device=device)
+    else:
+        c, s = cos_sin[:, 0], cos_sin[:, 1]
+    r0, r1 = torch.stack((c, s), dim=1), torch.stack((-s, c), dim=1)      # (B, 2) rows
+    if k is not None:
+        k = k.view(-1, 1)
+        r0, r1 = (torch.where(k == 0, r0, torch.where(k == 1, r1, torch.where(k == 2, -r0, -r1))),
+                  torch.where(k == 0, r1, torch.where(k == 1, -r0, torch.where(k == 2, -r1, r0))))
+    return torch.stack((r0, r1), dim=1)
+
+
+REFINE = 2     # further looks of the estimator at its copy turned upright (see Canonicalized)
 # what a canonicalised network's behaviour depends on beyond its weights: studies record it with their runs
-CANONICALISER = {"disc": True, "refine": REFINE, "order": ESTIMATOR_ORDER}
+# ("looks_on": what the refining looks turn, the estimator's pooled copy; until 2026-12-07 22:30 the backbone's input)
+CANONICALISER = {"disc": True, "refine": REFINE, "order": ESTIMATOR_ORDER, "looks_on": "estimator copy"}
 
 
 class Canonicalized(nn.Module):
     """crop (B, 3, 256, 256) -> position map / 280 (B, 3, 256, 256), through an upright copy of the crop.
 
     backbone: any network with that contract (PRNet, E2TKFace); its ``io`` (model.head.PosmapIO) is exposed as
-    this module's ``io``. estimator: AngleEstimator (or its export). forward keeps the last estimator vector in
+    this module's ``io``. estimator: AngleEstimator (or its export; any module with ``pool(x)`` -> the copy it reads
+    and ``forward(copy)`` -> (B, 2) vector). forward keeps the last estimator vector in
     ``last_vector`` ((B, 2), with gradient; an attribute, not a buffer, replaced at every call) for angle_loss (the
     turn itself is made from it detached), so the output stays one tensor for every caller (-test, exports); the
     state dict holds backbone.* and estimator.*.
@@ -308,22 +329,23 @@ class Canonicalized(nn.Module):
         if x.dim() != 4 or x.shape[-1] != CROP_SIZE or x.shape[-2] != CROP_SIZE:
             raise ValueError(f"a canonicalised network needs square {CROP_SIZE}x{CROP_SIZE} crops (quarter turns "
                              f"about the centre), got shape {tuple(x.shape)}")
+        k, residual = self.turn(x)
         small = self.io.shrink(x)                   # turned at the backbone's input size: (s / 256)^2 of the work
-        k, residual = self.turn(x, small)
         out = self.backbone(self.upright(small, k, residual.to(x.dtype)))
         return turn_values(out, residual, k)
 
-    def turn(self, x: torch.Tensor, small: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def turn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The turn that makes the crop x (B, 3, 256, 256) upright: (k (B,) quarter turns, residual (B, 2) unit
-        vector), the face's angle being 90 k + r. Sets last_vector (the first look, with gradient). small: the crop
-        at the backbone's input size (io.shrink(x)), computed when not given."""
-        vector = self.estimator(x).float()
+        vector), the face's angle being 90 k + r. Sets last_vector (the first look, with gradient). The refining
+        looks turn the estimator's own pooled copy (estimator.pool(x), 64 x 64), not the crop: 1 / 16 of the
+        resampling at 256 and no second pooling."""
+        copy = self.estimator.pool(x)
+        vector = self.estimator(copy).float()
         self.last_vector = vector
         k, residual = split_angle(vector.detach())           # the angle loss alone trains the estimator
         if self.refine and not self.training:               # training faces are upright: one look is in range
-            small = self.io.shrink(x) if small is None else small
             for _ in range(self.refine):
-                delta = self.estimator(self.upright(small, k, residual.to(x.dtype))).float().detach()
+                delta = self.estimator(self.upright(copy, k, residual.to(x.dtype))).float().detach()
                 delta = delta / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)
                 residual = compose_turns(residual, delta)
         return k, residual

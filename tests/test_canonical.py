@@ -450,6 +450,9 @@ def test_each_refining_look_adds_the_angle_it_reads_on_the_upright_copy(nets):
     class Constant(nn.Module):
         """An 'estimator' that reads 20 degrees in whatever it is shown."""
 
+        def pool(self, x):
+            return x
+
         def forward(self, x):
             a = torch.tensor(math.radians(20.0))
             return torch.stack((torch.cos(a), torch.sin(a))).expand(x.shape[0], 2) * 3.0

@@ -30,19 +30,24 @@ def run_figures(run: dict) -> dict:
     """One canonicalised run's figures: cost (mean over 15-180 deg minus 0 deg), exact (max |NME(90|180) - NME(0)|),
     oracle cost, angle errors on and off the grid (mean, max over images and angles), off-grid NME."""
     nme = _by_angle(run["nme"])
-    rotated = [nme[a] for a in nme if 0 < a <= 180]
     oracle = _by_angle(run.get("nme_oracle"))
     grid = {int(a): v for a, v in (run.get("angle_error") or {}).items() if int(a) not in OFF_GRID_ANGLES}
     off = {int(a): v for a, v in (run.get("angle_error") or {}).items() if int(a) in OFF_GRID_ANGLES}
-    oracle_rotated = [oracle[a] for a in oracle if 0 < a <= 180]
-    return {"at0": nme[0], "cost": statistics.fmean(rotated) - nme[0] if rotated else math.nan,
+    return {"at0": nme[0], "cost": _cost(nme),
             "exact": max(abs(nme[a] - nme[0]) for a in (90, 180) if a in nme) if 90 in nme or 180 in nme else math.nan,
-            "oracle_cost": statistics.fmean(oracle_rotated) - oracle[0] if oracle_rotated and 0 in oracle else math.nan,
+            "oracle_cost": _cost(oracle),
             "angle_grid": (statistics.fmean(v["mean"] for v in grid.values()), max(v["max"] for v in grid.values()))
             if grid else (math.nan, math.nan),
             "angle_off": (statistics.fmean(v["mean"] for v in off.values()), max(v["max"] for v in off.values()))
             if off else (math.nan, math.nan),
-            "off_grid": _by_angle(run.get("nme_off_grid"))}
+            "off_grid": _by_angle(run.get("nme_off_grid")),
+            "cost_by_looks": {int(n): _cost(_by_angle(block)) for n, block in (run.get("nme_looks") or {}).items()}}
+
+
+def _cost(nme: dict) -> float:
+    """Mean NME over 15-180 degrees minus NME at 0 degrees, from {angle: NME}; nan without both."""
+    rotated = [nme[a] for a in nme if 0 < a <= 180]
+    return statistics.fmean(rotated) - nme[0] if rotated and 0 in nme else math.nan
 
 
 def version(run: dict) -> str:
@@ -71,9 +76,12 @@ def canonical_section(runs: list, baseline: dict | None) -> list[str]:
           "angles. Off-grid: NME at " + ", ".join(f"{a}°" for a in OFF_GRID_ANGLES) + ".", "",
           "Canonicaliser: the version a run was made with (the first had no disc and one look; the harness retrains "
           "such runs). Estimator alone: [canonical_estimator.md](canonical_estimator.md).", "",
-          "| network | seed | canonicaliser | 0° | cost | exact | 0° − backbone alone (same seed, no rotation aug) | oracle cost | "
-          "angle error, test angles (mean / max) | angle error off-grid (mean / max) | off-grid NME |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "Fewer looks: the cost of rotation of the same weights with fewer refining looks (inference only; each look "
+          "is one run of the estimator, " + COST_LINK + ").", "",
+          "| network | seed | canonicaliser | 0° | cost | cost with fewer looks | exact | 0° − backbone alone "
+          "(same seed, no rotation aug) | oracle cost | angle error, test angles (mean / max) | angle error off-grid (mean / max) "
+          "| off-grid NME |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     goals = {"cost": [], "exact": [], "upright": []}
     for r in sorted(mine, key=lambda r: (r["label"], r["seed"])):
         f = run_figures(r)
@@ -82,8 +90,9 @@ def canonical_section(runs: list, baseline: dict | None) -> list[str]:
         goals["cost"].append(f["cost"])
         goals["exact"].append(f["exact"])
         goals["upright"].append(delta)
+        fewer = ", ".join(f"{n} look{'s' * (n > 1)} {_f(c, '+.2f')}" for n, c in sorted(f["cost_by_looks"].items()))
         md.append(f"| {r['label']} | {r['seed']} | {version(r)} | {f['at0']:.2f} | {_f(f['cost'], '+.2f')} | "
-                  f"{_f(f['exact'], '.3f')} | {_f(delta, '+.2f')} | {_f(f['oracle_cost'], '+.2f')} | "
+                  f"{fewer or '–'} | {_f(f['exact'], '.3f')} | {_f(delta, '+.2f')} | {_f(f['oracle_cost'], '+.2f')} | "
                   f"{_f(f['angle_grid'][0], '.1f')}° / {_f(f['angle_grid'][1], '.1f')}° | "
                   f"{_f(f['angle_off'][0], '.1f')}° / {_f(f['angle_off'][1], '.1f')}° | "
                   + ", ".join(f"{a}°: {v:.2f}" for a, v in sorted(f["off_grid"].items())) + " |")

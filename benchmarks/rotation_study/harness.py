@@ -170,6 +170,10 @@ class _FixedAngle:
     def __init__(self, angle_deg: float):
         self.vector = (float(np.cos(np.radians(angle_deg))), float(np.sin(np.radians(angle_deg))))
 
+    @staticmethod
+    def pool(x):
+        return x
+
     def __call__(self, x):
         return x.new_tensor(self.vector).float().expand(x.shape[0], 2)
 
@@ -180,14 +184,19 @@ def evaluate_canonicalised(model, items: list, kpt_ind: np.ndarray, device, batc
     crop turned back exactly as it was turned: what a perfect canonicaliser gives this backbone); angle_error
     {angle: {"mean", "max"} |degrees|}: the angle the network turns the crop back by (Canonicalized.angle, with its
     refinement) on the turned crop against the one on the unturned crop plus the test angle (the face's own roll
-    cancels)."""
+    cancels); nme_looks {looks: {angle: NME}} for every number of looks below the network's own (1 + refine): the
+    same weights with fewer refining looks, on the test angles (what each look buys, against its time in
+    canonical_cost.md)."""
     import torch
 
     from engine.evaluate import evaluate_model
     from model.canonical import Canonicalized
 
     out = {"nme_off_grid": evaluate_angles(model, items, kpt_ind, device, batch, OFF_GRID_ANGLES),
-           "nme_oracle": {}, "angle_error": {}}
+           "nme_oracle": {}, "angle_error": {},
+           "nme_looks": {looks: {a: {"mean": v["mean"]} for a, v in evaluate_angles(
+               Canonicalized(model.backbone, model.estimator, refine=looks - 1).eval(), items, kpt_ind, device, batch,
+               angles).items()} for looks in range(1, 1 + model.refine)}}
     for angle in list(angles) + list(OFF_GRID_ANGLES):
         oracle = Canonicalized(model.backbone, _FixedAngle(angle), refine=0).eval()
         report = evaluate_model(oracle, RotatedEvalSet(items, angle), kpt_ind, None, device, batch)
