@@ -9,7 +9,8 @@ angle it turns the turned crop back by, minus the one for the unturned crop, min
 plus two. Variants: "disc" C8 regular fields, the copy seen through the inscribed disc (the first default);
 "nodisc" the same without the disc; "disc-c16" C16 (the default since 2026-12-07); "disc-so2" SO(2) fields of
 frequencies 0-3 with norm-ReLU and norm BatchNorm (one seed: its training loss stayed 1.5-4x the others', and so did
-its error).
+its error); "disc-c16-w2", "-w3": C16 with 2 or 3 fields in the first stage instead of 4 (a quarter, about a half of
+its multiply-adds); "disc-c16-s32": C16 on a 32x32 copy (a quarter); "disc-c16-w2-s32": both (a sixteenth).
 
     python -m benchmarks.canonical_estimator [--variants disc,nodisc] [--seeds 0 1]  # -> results/canonical_estimator.md
 """
@@ -140,8 +141,18 @@ def main(argv=None) -> int:
     md = ["# The canonicaliser's angle estimator alone (issue 23)", "",
           f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by `python -m benchmarks.canonical_estimator`. "
           + __doc__.split("\n\n")[1].replace("\n", " "), "",
-          "| variant | seed | looks | " + " | ".join(f"{a}°" for a in ANGLES) + " | mean |",
-          "|---|---|---|" + "---|" * (len(ANGLES) + 1)]
+          "Summary: mean error over the test angles with all three looks, range over seeds.", "",
+          "| variant | group | first-stage fields | copy (px) | seeds | mean error, 3 looks |", "|---|---|---|---|---|---|"]
+    for variant in sorted({r["variant"] for r in runs}):
+        mine = [r for r in runs if r["variant"] == variant]
+        means = [np.mean(list(r["errors"][str(LOOKS[-1])].values())) for r in mine]
+        order = mine[0].get("N", 8)                # runs saved before the order was recorded: C8
+        group = f"C{order}" if order else "SO(2)"
+        md.append(f"| {variant} | {group} | {mine[0]['width']} | {mine[0].get('size', 64)} | {len(mine)} | "
+                  + (f"{min(means):.1f}–{max(means):.1f}°" if len(means) > 1 else f"{means[0]:.1f}°") + " |")
+    md += ["", "All runs:", "",
+           "| variant | seed | looks | " + " | ".join(f"{a}°" for a in ANGLES) + " | mean |",
+           "|---|---|---|" + "---|" * (len(ANGLES) + 1)]
     for r in runs:
         for looks in LOOKS:
             e = r["errors"][str(looks)]

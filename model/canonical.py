@@ -14,7 +14,9 @@ Design (why each choice):
   (results/canonical_estimator.md, estimator alone, 2 seeds, with the two refining looks): C8 6.9-7.0 degrees mean
   error on crops turned 7-200 degrees, C16 4.6-4.9; SO(2) fields of frequencies 0-3 with norm-ReLU (one seed):
   10.0, its training loss 1.5-4x the regular fields' (the norm nonlinearity fits the roll worse). C16 costs twice
-  C8's channels per field (15,740 parameters at width 4; C8: 8,060; its time: canonical_cost.md predates it); C8 remains
+  C8's channels per field (15,740 parameters at width 4; C8: 8,060), four times its multiply-adds; the cheaper C16
+  variants measured all lose that accuracy (2 seeds each: width 3 5.8-8.1 degrees, width 2 7.1-7.8, a 32x32 copy
+  6.8-9.3). The three looks take 8-11 ms per crop (batch 1, 2 threads; results/canonical_cost.md). C8 remains
   available as AngleEstimator(N=8) (estimator_order=8 in build_model), and the LEGACY_ORDER for checkpoints whose
   model_kwargs name no order.
 - Grid: the 256 crop is area-pooled 4x4 to 64x64, then three stages of 3x3 (first 5x5) steerable convolutions,
@@ -283,7 +285,7 @@ def value_turn_matrix(batch: int, cos_sin: torch.Tensor | None = None, k: torch.
 
 REFINE = 2     # further looks of the estimator at its copy turned upright (see Canonicalized)
 # what a canonicalised network's behaviour depends on beyond its weights: studies record it with their runs
-# ("looks_on": what the refining looks turn, the estimator's pooled copy; until 2026-12-07 22:30 the backbone's input)
+# ("looks_on": what the refining looks turn, the estimator's pooled copy; until 2026-12-07 22:08 the backbone's input)
 CANONICALISER = {"disc": True, "refine": REFINE, "order": ESTIMATOR_ORDER, "looks_on": "estimator copy"}
 
 
