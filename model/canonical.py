@@ -174,18 +174,24 @@ class AngleEstimator(SteerableModule):
 
 
 class PlainAngleEstimator(nn.Module):
-    """AngleEstimator.export(): the same map (B, 3, 256, 256) -> (B, 2) with plain torch layers (ONNX-friendly)."""
+    """AngleEstimator.export(): the same map (B, 3, 256, 256) -> (B, 2) with plain torch layers (ONNX-friendly).
+
+    Runs channels-last: torch's average pooling of a contiguous (NCHW) map is several times slower than of a
+    channels-last one on the CPU (0.47 against 0.04 ms for the first stage's 64 x 64 x 64 map, batch 1, 1 thread),
+    and the whole estimator 27 % faster (5.4 -> 3.9 ms); the outputs agree to float rounding. ONNX has no memory
+    format: the exported graph is the same."""
 
     def __init__(self, net: nn.Module, size: int):
         super().__init__()
-        self.net, self.size = net, size
+        self.net, self.size = net.to(memory_format=torch.channels_last), size
         self.register_buffer("disc", disc_mask(size), persistent=False)
 
     pool = AngleEstimator.pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(x)
-        return self.net(x * self.disc.to(x.dtype)).mean(dim=(2, 3))
+        x = (x * self.disc.to(x.dtype)).contiguous(memory_format=torch.channels_last)
+        return self.net(x).mean(dim=(2, 3))
 
 
 def angle_degrees(vector: torch.Tensor) -> torch.Tensor:
