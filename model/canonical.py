@@ -253,7 +253,27 @@ def rotate_images(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
     line = torch.linspace(-1.0, 1.0, x.shape[-1], dtype=x.dtype, device=x.device)
     gx, gy = line.view(1, 1, -1), line.view(1, -1, 1)                   # F.affine_grid's grid, written out (ONNX
     grid = torch.stack((c * gx + s * gy, -s * gx + c * gy), dim=-1)     # has affine_grid from opset 20 only)
+    if torch.onnx.is_in_onnx_export():        # onnxruntime's GridSample: 3.4 ms at 256 px, 1 thread; the gathers 1.5
+        return bilinear_gather(x, grid)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def bilinear_gather(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """F.grid_sample(x, grid, bilinear, zeros outside, align_corners=True) written as four gathers: x (B, C, H, W),
+    grid (B, H, W, 2) -> (B, C, H, W). Same values to float rounding (tested); what the ONNX files hold, because
+    onnxruntime runs these gathers 2.2x faster than its GridSample (torch runs grid_sample 5x faster than them)."""
+    b, c, h, w = x.shape
+    u = (grid[..., 0] + 1.0) * (0.5 * (w - 1))                          # (B, H, W) source column, in pixels
+    v = (grid[..., 1] + 1.0) * (0.5 * (h - 1))
+    u0, v0 = torch.floor(u), torch.floor(v)
+    fu, fv = u - u0, v - v0
+    flat, out = x.flatten(2), torch.zeros_like(x)
+    for du, dv, weight in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
+        ui, vi = u0 + du, v0 + dv
+        inside = (ui >= 0) & (ui <= w - 1) & (vi >= 0) & (vi <= h - 1)
+        index = (vi.clamp(0, h - 1) * w + ui.clamp(0, w - 1)).long().view(b, 1, -1).expand(b, c, -1)
+        out = out + torch.gather(flat, 2, index).view_as(x) * (weight * inside.to(x.dtype)).unsqueeze(1)
+    return out
 
 
 def turn_values(posmap: torch.Tensor, cos_sin: torch.Tensor | None = None, k: torch.Tensor | None = None,

@@ -165,6 +165,26 @@ def test_image_turns_follow_the_augmentation_convention():
     assert np.abs(ours[inner, inner] - reference[inner, inner]).max() <= 1.5
 
 
+@pytest.mark.parametrize("size", [64, 31])
+def test_the_onnx_files_bilinear_gathers_are_grid_sample(size):
+    """bilinear_gather (what the ONNX files hold instead of GridSample) gives F.grid_sample's values, zeros outside
+    included, for turns of every quadrant and a grid that reaches past the image on every side."""
+    from torch.nn import functional as F
+
+    from model.canonical import bilinear_gather
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(3, 2, size, size, generator=g)
+    a = torch.tensor([0.3, 2.0, -2.7])
+    line = torch.linspace(-1.2, 1.2, size)
+    gx, gy = line.view(1, 1, -1), line.view(1, -1, 1)
+    c, s = torch.cos(a).view(-1, 1, 1), torch.sin(a).view(-1, 1, 1)
+    grid = torch.stack((c * gx + s * gy, -s * gx + c * gy), dim=-1)
+    reference = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    assert (reference == 0).any() and (reference > 0.1).any()
+    assert (bilinear_gather(x, grid) - reference).abs().max() < 1e-5
+
+
 def test_split_angle_gives_quarter_turns_and_the_same_residual_a_quarter_turn_apart():
     angles = torch.tensor([0.0, 30.0, 44.0, 46.0, 100.0, -100.0, 179.0, -170.0])
     v = 0.3 * torch.stack((torch.cos(torch.deg2rad(angles)), torch.sin(torch.deg2rad(angles))), 1)
