@@ -419,7 +419,8 @@ def test_canonicalize_on_a_saved_network_without_it_is_one_sentence(tmp_path, ca
     synthesize_dataset(tmp_path / "raw", "AFLW2000", 1, seed=3, model=load_model("synthetic"))
     for argv in (["-export=onnx", f"--loadModelPath={ck}", f"-o={tmp_path / 'x.onnx'}", "--canonicalize"],
                  ["-train=False", "-test=True", f"-pd={tmp_path / 'raw'}", f"--loadModelPath={ck}", "--canonicalize"],
-                 [f"-predict={tmp_path / 'raw'}", f"--loadModelPath={onnx_path}", f"-o={tmp_path / 'p'}", "--canonicalize"]):
+                 [f"-predict={tmp_path / 'raw'}", f"--loadModelPath={onnx_path}", f"-o={tmp_path / 'p'}",
+                  "--canonicalize"]):
         assert torchrun.main(argv) != 0
         err = capsys.readouterr().err
         assert "--canonicalize asks for a canonicalised network" in err and "Traceback" not in err, argv
