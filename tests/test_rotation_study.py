@@ -235,8 +235,8 @@ def test_report_tables_numbers_and_verdict(tmp_path, cnn_better):
     for row in canonical[2:]:                      # 0 deg, cost, exact, against the backbone alone, oracle cost ...
         seed = int(row[1])
         assert row[2] == "first (no disc, 1 look)"                # fake runs carry no canonicaliser record
-        assert row[3:9] == [f"{5.0 + 0.1 * seed:.2f}", "+0.00", "1 look +1.50, 2 looks +0.50", "0.000", "+0.00",
-                            "+0.20"]
+        assert row[3:9] == [f"{5.0 + 0.1 * seed:.2f}", "+0.00", "1 look: 5.00, +1.50; 2 looks: 5.00, +0.50",
+                            "0.000", "+0.00", "+0.20"]
         assert row[9:11] == ["1.0° / 2.0°", "3.0° / 4.0°"] and row[11].startswith("7°: 6.00")
     assert "- cost of rotation at most 1 NME point: met (worst +0.000" in text
     img = cv2.imread(str(tmp_path / "out" / "rotation.png"))

@@ -41,7 +41,8 @@ def run_figures(run: dict) -> dict:
             "angle_off": (statistics.fmean(v["mean"] for v in off.values()), max(v["max"] for v in off.values()))
             if off else (math.nan, math.nan),
             "off_grid": _by_angle(run.get("nme_off_grid")),
-            "cost_by_looks": {int(n): _cost(_by_angle(block)) for n, block in (run.get("nme_looks") or {}).items()}}
+            "by_looks": {int(n): (_by_angle(block).get(0, math.nan), _cost(_by_angle(block)))
+                         for n, block in (run.get("nme_looks") or {}).items()}}
 
 
 def _cost(nme: dict) -> float:
@@ -76,9 +77,9 @@ def canonical_section(runs: list, baseline: dict | None) -> list[str]:
           "angles. Off-grid: NME at " + ", ".join(f"{a}°" for a in OFF_GRID_ANGLES) + ".", "",
           "Canonicaliser: the version a run was made with (the first had no disc and one look; the harness retrains "
           "such runs). Estimator alone: [canonical_estimator.md](canonical_estimator.md).", "",
-          "Fewer looks: the cost of rotation of the same weights with fewer refining looks (inference only; each look "
-          "is one run of the estimator, " + COST_LINK + ").", "",
-          "| network | seed | canonicaliser | 0° | cost | cost with fewer looks | exact | 0° − backbone alone "
+          "Fewer looks: NME at 0° and cost of rotation of the same weights with fewer refining looks (inference "
+          "only; each look is one run of the estimator, " + COST_LINK + ").", "",
+          "| network | seed | canonicaliser | 0° | cost | fewer looks: 0°, cost | exact | 0° − backbone alone "
           "(same seed, no rotation aug) | oracle cost | angle error, test angles (mean / max) | angle error off-grid (mean / max) "
           "| off-grid NME |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -90,7 +91,8 @@ def canonical_section(runs: list, baseline: dict | None) -> list[str]:
         goals["cost"].append(f["cost"])
         goals["exact"].append(f["exact"])
         goals["upright"].append(delta)
-        fewer = ", ".join(f"{n} look{'s' * (n > 1)} {_f(c, '+.2f')}" for n, c in sorted(f["cost_by_looks"].items()))
+        fewer = "; ".join(f"{n} look{'s' * (n > 1)}: {_f(at0, '.2f')}, {_f(c, '+.2f')}"
+                          for n, (at0, c) in sorted(f["by_looks"].items()))
         md.append(f"| {r['label']} | {r['seed']} | {version(r)} | {f['at0']:.2f} | {_f(f['cost'], '+.2f')} | "
                   f"{fewer or '–'} | {_f(f['exact'], '.3f')} | {_f(delta, '+.2f')} | {_f(f['oracle_cost'], '+.2f')} | "
                   f"{_f(f['angle_grid'][0], '.1f')}° / {_f(f['angle_grid'][1], '.1f')}° | "
