@@ -16,7 +16,7 @@ Design (why each choice):
   10.0, its training loss 1.5-4x the regular fields' (the norm nonlinearity fits the roll worse). C16 costs twice
   C8's channels per field (15,740 parameters at width 4; C8: 8,060), four times its multiply-adds; the cheaper C16
   variants measured all lose that accuracy (2 seeds each: width 3 5.8-8.1 degrees, width 2 7.1-7.8, a 32x32 copy
-  6.8-9.3). The three looks take 8-11 ms per crop (batch 1, 2 threads; results/canonical_cost.md). C8 remains
+  6.8-9.3). One look takes about 3 ms per crop, three 8-11 (batch 1, 2 threads; results/canonical_cost.md). C8 remains
   available as AngleEstimator(N=8) (estimator_order=8 in build_model), and the LEGACY_ORDER for checkpoints whose
   model_kwargs name no order.
 - Grid: the 256 crop is area-pooled 4x4 to 64x64, then three stages of 3x3 (first 5x5) steerable convolutions,
@@ -309,10 +309,11 @@ def value_turn_matrix(batch: int, cos_sin: torch.Tensor | None = None, k: torch.
     return torch.stack((r0, r1), dim=1)
 
 
-REFINE = 2     # further looks of the estimator at its copy turned upright (see Canonicalized)
-# what a canonicalised network's behaviour depends on beyond its weights: studies record it with their runs
-# ("looks_on": what the refining looks turn, the estimator's pooled copy; until 2026-12-07 22:08 the backbone's input)
-CANONICALISER = {"disc": True, "refine": REFINE, "order": ESTIMATOR_ORDER, "looks_on": "estimator copy"}
+REFINE = 0     # refining looks by default (see Canonicalized): one look; the rotation study measured more as no gain
+# what a canonicalised network's behaviour depends on beyond its weights and its number of looks: studies record it
+# with their runs ("looks_on": what the refining looks turn, the estimator's pooled copy; until 2026-12-07 22:08 the
+# backbone's input)
+CANONICALISER = {"disc": True, "order": ESTIMATOR_ORDER, "looks_on": "estimator copy"}
 
 
 class Canonicalized(nn.Module):
@@ -325,15 +326,17 @@ class Canonicalized(nn.Module):
     turn itself is made from it detached), so the output stays one tensor for every caller (-test, exports); the
     state dict holds backbone.* and estimator.*.
 
-    refine (default REFINE): after the first estimate, the estimator looks again, `refine` times, at the copy it
-    turned upright and the angle it still reads there is added to the residual turn. The first look must read any
-    angle, which the estimator learns from upright faces only through its 45-degree ties; the second look sees a
-    nearly upright face, the range its training covered (measured as in the module notes, 2 seeds: 11.2-12.7 degrees
-    mean error with one look, 7.9-9.0 with a refining look, 6.9-7.0 with two, the default; without the disc the
-    refining looks made it worse, 17.5-20.2 -> 17.2-29.6). Quarter-turn
-    exactness is kept: crops a quarter turn apart give the same upright copy, hence the same correction. It is a
-    choice of inference, not of weights: every checkpoint runs with it in eval mode (training, on upright faces,
-    takes the single look), refine=0 gives the single look always.
+    refine (default REFINE = 0, one look): after the first estimate, the estimator looks again, `refine` times, at
+    the copy it turned upright and the angle it still reads there is added to the residual turn. The first look must
+    read any angle, which the estimator learns from upright faces only through its 45-degree ties; a further look
+    sees a nearly upright face, the range its training covered. The looks read the angle better (the estimator alone,
+    results/canonical_estimator.md, C16, 2 seeds: 9.8-10.0 degrees mean error with one look, 4.6-4.9 with three) but
+    did not make the position maps better: in the rotation study (results/rotation.md, 2 networks x 2 seeds, the same
+    weights evaluated with 1, 2 and 3 looks) one look turned faces as well, and each look costs one run of the
+    estimator (results/canonical_cost.md); the backbone learnt on crops turned by the single look (training takes it
+    always), so it is used to that look's residual errors. Quarter-turn exactness is kept with any number of looks:
+    crops a quarter turn apart give the same upright copy, hence the same correction. It is a choice of inference,
+    not of weights.
     """
 
     def __init__(self, backbone: nn.Module, estimator: nn.Module, refine: int = REFINE):

@@ -80,10 +80,10 @@ def canonical_section(runs: list, baseline: dict | None) -> list[str]:
           "Fewer looks: NME at 0° and cost of rotation of the same weights with fewer refining looks (inference "
           "only; each look is one run of the estimator, " + COST_LINK + ").", "",
           "| network | seed | canonicaliser | 0° | cost | fewer looks: 0°, cost | exact | 0° − backbone alone "
-          "(same seed, no rotation aug) | oracle cost | angle error, test angles (mean / max) | angle error off-grid (mean / max) "
-          "| off-grid NME |",
+          "(same seed, no rotation aug) | oracle cost | angle error, test angles (mean / max) | angle error off-grid "
+          "(mean / max) | off-grid NME |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    goals = {"cost": [], "exact": [], "upright": []}
+    goals = {"cost": [], "exact": [], "upright": [], "cost1": [], "upright1": []}      # ...1: with one look
     for r in sorted(mine, key=lambda r: (r["label"], r["seed"])):
         f = run_figures(r)
         alone = plain.get((BACKBONE[r["label"]], r["seed"]))
@@ -91,6 +91,9 @@ def canonical_section(runs: list, baseline: dict | None) -> list[str]:
         goals["cost"].append(f["cost"])
         goals["exact"].append(f["exact"])
         goals["upright"].append(delta)
+        at0_one, cost_one = f["by_looks"].get(1, (math.nan, math.nan))
+        goals["cost1"].append(cost_one)
+        goals["upright1"].append(at0_one - alone if alone is not None else math.nan)
         fewer = "; ".join(f"{n} look{'s' * (n > 1)}: {_f(at0, '.2f')}, {_f(c, '+.2f')}"
                           for n, (at0, c) in sorted(f["by_looks"].items()))
         md.append(f"| {r['label']} | {r['seed']} | {version(r)} | {f['at0']:.2f} | {_f(f['cost'], '+.2f')} | "
@@ -98,11 +101,17 @@ def canonical_section(runs: list, baseline: dict | None) -> list[str]:
                   f"{_f(f['angle_grid'][0], '.1f')}° / {_f(f['angle_grid'][1], '.1f')}° | "
                   f"{_f(f['angle_off'][0], '.1f')}° / {_f(f['angle_off'][1], '.1f')}° | "
                   + ", ".join(f"{a}°: {v:.2f}" for a, v in sorted(f["off_grid"].items())) + " |")
-    md += ["", "Goals (issue 23), every counting run:", ""]
-    for key, name, limit in (("cost", f"cost of rotation at most {COST_GOAL:g} NME point", COST_GOAL),
+    from model.canonical import REFINE
+
+    default = ", the toolkit's default" if REFINE == 0 else ""
+    md += ["", f"Goals (issue 23), every counting run (\"one look\": the same weights with a single look{default}):",
+           ""]
+    cost_goal, upright_goal = f"cost of rotation at most {COST_GOAL:g} NME point", \
+        f"0° no worse than the backbone alone by more than {UPRIGHT_GOAL:g} point"
+    for key, name, limit in (("cost", cost_goal, COST_GOAL), ("cost1", cost_goal + ", one look", COST_GOAL),
                              ("exact", f"90° and 180° equal to 0° within {EXACT_GOAL:g} point", EXACT_GOAL),
-                             ("upright", f"0° no worse than the backbone alone by more than {UPRIGHT_GOAL:g} point",
-                              UPRIGHT_GOAL)):
+                             ("upright", upright_goal, UPRIGHT_GOAL),
+                             ("upright1", upright_goal + ", one look", UPRIGHT_GOAL)):
         values = [v for v in goals[key] if math.isfinite(v)]
         worst = max(values) if values else math.nan
         verdict = "no run to judge" if not values else ("met" if worst <= limit else "NOT met")

@@ -20,6 +20,7 @@ MODELS = (
 EQUIVARIANT = ("E2TKFace faithful", "E2TKFace aligned")
 CANONICALISED = ("E2TKFace aligned + canonicaliser", "PRNet + canonicaliser")     # trained without rotation only
 OFF_GRID_ANGLES = (7, 37, 143, 200)                  # canonicalised runs are also tested off the 15-degree grid
+STUDY_REFINE = 2      # canonicalised runs are evaluated with 3 looks, and the same weights with 1 and 2 (nme_looks)
 # The faithful encoder crashes in backward (native "double free or corruption") when its first stage has a single
 # regular field, i.e. round(4 * width_mult) < 2 (measured 2026-11-25: widths 0.125, 0.25, 0.3 crash; 0.375, 0.5 run).
 MIN_WIDTH = 0.375

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine_line
-from benchmarks.rotation_study.design import ANGLES, CANONICALISED, MODELS, OFF_GRID_ANGLES
+from benchmarks.rotation_study.design import ANGLES, CANONICALISED, MODELS, OFF_GRID_ANGLES, STUDY_REFINE
 from benchmarks.rotation_study.runs import BASELINE_FILE, RunFileError, read_run, run_filename, settings_difference
 from benchmarks.rotation_study.runs import write_run
 from benchmarks.study_data import DATA_WORK, make_data
@@ -262,9 +262,10 @@ def _existing(path: Path, settings: dict, canonicalised: bool = False) -> dict |
     if diff:
         raise SystemExit(f"{path} was made with other settings ({diff} there); pass another --runs folder or "
                          f"remove it.")
-    if canonicalised and record["facts"].get("canonicaliser") != CANONICALISER:
+    wanted = {**CANONICALISER, "refine": STUDY_REFINE}
+    if canonicalised and record["facts"].get("canonicaliser") != wanted:
         print(f"{path} was made with an earlier canonicaliser ({record['facts'].get('canonicaliser')}, now "
-              f"{CANONICALISER}): training it again", flush=True)
+              f"{wanted}): training it again", flush=True)
         return None
     return record
 
@@ -323,6 +324,8 @@ def train_missing(args, runs_dir: Path, argv=None) -> None:
                 model, facts = train_model(name, kwargs, train_root, rotation, seed, settings, device, weight_mask,
                                            args.workers)
                 t0 = time.perf_counter()
+                if label in CANONICALISED:
+                    model.refine = STUDY_REFINE               # the study's looks, whatever the toolkit's default
                 angles = all_angles if label in args.negative_models else args.angles
                 nme = evaluate_angles(model, items, kpt_ind, device, args.batch, angles)
                 extra = (evaluate_canonicalised(model, items, kpt_ind, device, args.batch, args.angles)
@@ -330,7 +333,7 @@ def train_missing(args, runs_dir: Path, argv=None) -> None:
                 if label in CANONICALISED:
                     from model.canonical import CANONICALISER
 
-                    facts["canonicaliser"] = dict(CANONICALISER)
+                    facts["canonicaliser"] = {**CANONICALISER, "refine": STUDY_REFINE}
                 facts["eval_seconds"] = round(time.perf_counter() - t0, 2)
                 facts.update(cpu_seconds=round(time.process_time() - cpu0, 2), threads=threads, device=str(device),
                              run_seconds=round(time.perf_counter() - wall0, 2))
