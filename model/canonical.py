@@ -16,9 +16,9 @@ Design (why each choice):
   10.0, its training loss 1.5-4x the regular fields' (the norm nonlinearity fits the roll worse). C16 costs twice
   C8's channels per field (15,740 parameters at width 4; C8: 8,060), four times its multiply-adds; the cheaper C16
   variants measured all lose that accuracy (2 seeds each: width 3 5.8-8.1 degrees, width 2 7.1-7.8, a 32x32 copy
-  6.8-9.3). One look takes 2.4-7.4 ms per crop, three 5.9-12.4 (batch 1, 2 threads; results/canonical_cost.md). C8 remains
-  available as AngleEstimator(N=8) (estimator_order=8 in build_model), and the LEGACY_ORDER for checkpoints whose
-  model_kwargs name no order.
+  6.8-9.3). One look takes 2.4-7.4 ms per crop, three 5.9-12.4 (batch 1, 2 threads; results/canonical_cost.md).
+  C8 remains available as AngleEstimator(N=8) (estimator_order=8 in build_model), and the LEGACY_ORDER for
+  checkpoints whose model_kwargs name no order.
 - Grid: the 256 crop is area-pooled 4x4 to 64x64, then three stages of 3x3 (first 5x5) steerable convolutions,
   each followed by 2x2 average pooling (64 -> 32 -> 16 -> 8). The issue asked for an odd-sized copy; what
   quarter-turn exactness needs is that every sampling grid is symmetric under i -> S - 1 - i, and that holds
