@@ -142,7 +142,8 @@ def main(argv=None) -> int:
           f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by `python -m benchmarks.canonical_estimator`. "
           + __doc__.split("\n\n")[1].replace("\n", " "), "",
           "Summary: mean error over the test angles with all three looks, range over seeds.", "",
-          "| variant | group | first-stage fields | copy (px) | seeds | mean error, 3 looks |", "|---|---|---|---|---|---|"]
+          "| variant | group | first-stage fields | copy (px) | seeds | mean error, 3 looks |",
+          "|---|---|---|---|---|---|"]
     for variant in sorted({r["variant"] for r in runs}):
         mine = [r for r in runs if r["variant"] == variant]
         means = [np.mean(list(r["errors"][str(LOOKS[-1])].values())) for r in mine]
