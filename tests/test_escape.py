@@ -106,3 +106,47 @@ def test_a_short_run_writes_its_record(tmp_path):
     assert np.isnan(ratios.pop(last))                               # the zero-started output layer
     assert all(0.5 < r < 2.0 for r in ratios.values()), ratios      # 50 steps move the rest, not by 2x
     json.dumps(record)
+
+
+def test_network_changes_of_the_intervention_sets():
+    """apply_changes: the defaults leave the network as built; last_init draws the output layer at that std;
+    "group" puts GroupNorm where every BatchNorm of the decoder was; "std" multiplies the residual by the spread of
+    the training maps, which residual_spread gets right on maps of known spread."""
+    import torch
+
+    class Maps:                                   # four maps: mean (10, 20, 30) px +- (1, 2, 3) px
+        def __len__(self):
+            return 4
+
+        def posmap_array(self, i):
+            sign = 1.0 if i % 2 else -1.0
+            return np.broadcast_to(np.float32([10, 20, 30]) + sign * np.float32([1, 2, 3]), (256, 256, 3))
+
+    face = np.zeros((256, 256), bool)
+    face[100:140, 90:170] = True
+    spread = harness.residual_spread(Maps(), face)
+    np.testing.assert_allclose(spread * 280.0, [1, 2, 3], rtol=1e-6)
+
+    spec = {**harness.DEFAULTS, "model": "prnet", "input_size": 64}
+    torch.manual_seed(0)
+    plain, _ = harness.build(spec)
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    harness.apply_changes(plain, spec)
+    assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+
+    torch.manual_seed(0)
+    changed, _ = harness.build(spec)
+    harness.apply_changes(changed, {**spec, "last_init": 1e-3, "decoder_norm": "group", "target_scale": "std"},
+                          spread)
+    last = changed.decoder.layers[-1]
+    assert float(last[0].deconv.weight.detach().std()) == pytest.approx(1e-3, rel=0.05)
+    norms = [layer.bn for layer in list(changed.decoder.layers)[:-1]]
+    assert norms and all(isinstance(n, torch.nn.GroupNorm) for n in norms)
+    assert all(n.num_groups == (16 if n.num_channels % 16 == 0 else 1) for n in norms)
+    seen = {}
+    last[0].register_forward_hook(lambda m, i, out: seen.setdefault("raw", out))
+    last.register_forward_hook(lambda m, i, out: seen.setdefault("scaled", out))
+    with torch.no_grad():
+        changed.eval()(torch.rand(2, 3, 256, 256))
+    assert float(seen["raw"].abs().max()) > 0
+    torch.testing.assert_close(seen["scaled"], seen["raw"] * torch.as_tensor(spread).view(1, 3, 1, 1))

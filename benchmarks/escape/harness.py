@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from benchmarks.common import machine_line, write_json
 from benchmarks.convergence.diagnostics import between_image_share, block_outputs
@@ -23,20 +25,27 @@ LEFT_BELOW = 0.9              # loss / mean-map loss of the last 50 steps below 
 # The demo's recipe (engine.demo.DEMO_DEFAULTS before issue 22): cosine over 875 steps (25 epochs of 35 batches).
 DEFAULTS = {"model": "e2tkface", "encoder": "aligned", "width_mult": 0.5, "input_size": 128, "head": "mean-residual",
             "optimizer": "adam", "lr": 5e-4, "warmup": 100, "weight_decay": 2e-4, "schedule_steps": 875,
-            "batch": 16, "clip": 0.0, "precision": "bf16", "seed": 0, "threads": 1, "steps": 300}
+            "batch": 16, "clip": 0.0, "precision": "bf16", "seed": 0, "threads": 1, "steps": 300,
+            "last_init": 0.0, "decoder_norm": "batch", "target_scale": "none"}
+# the last three are study-only changes to the network (apply_changes): the output layer's initial weights (normal,
+# this std; 0 = the head's zero start), the decoder's normalisation ("batch" | "group": GroupNorm of 16 groups, one
+# for layers under 16 channels) and the residual's units ("none" | "std": the decoder predicts the residual in units
+# of the training targets' per-channel spread, output = mean + spread x prediction)
 
 SEEDS = tuple(range(8))
 CHANGES = {                   # one change to the recipe per set, each run on 8 seeds with 1 torch thread
     "baseline": {}, "threads2": dict(threads=2), "adamw": dict(optimizer="adamw"), "wd0": dict(weight_decay=0.0),
     "radam": dict(optimizer="radam"), "warmup500": dict(warmup=500, steps=700), "lr2.5e-4": dict(lr=2.5e-4),
-    "clip1": dict(clip=1.0), "batch32": dict(batch=32),
+    "clip1": dict(clip=1.0), "batch32": dict(batch=32), "init1e-3": dict(last_init=1e-3),
+    "groupnorm": dict(decoder_norm="group"), "target-std": dict(target_scale="std"),
 }
 SETS = {name: [dict(seed=s, **change) for s in SEEDS] for name, change in CHANGES.items()}
 # the reliability benchmark of the new default (AdamW): the demo recipe at 2 torch threads and at the other input
 # sizes, and the rotation study's recipe (500-step warm-up, cosine over 2000 steps) for its four networks
 NETWORKS = (dict(model="prnet"), dict(encoder="cnn"), dict(encoder="aligned"), dict(encoder="faithful"))
 CHANGES.update({"adamw-threads2": dict(optimizer="adamw", threads=2), "adamw-64px": dict(optimizer="adamw",
-                input_size=64), "adamw-256px": dict(optimizer="adamw", input_size=256),
+                warmup=500, steps=350, input_size=64), "adamw-256px": dict(optimizer="adamw", warmup=500, steps=350,
+                input_size=256),
                 "adamw-study": dict(optimizer="adamw", warmup=500, schedule_steps=2000, steps=700)})
 SETS.update({"adamw-threads2": [dict(seed=s, **CHANGES["adamw-threads2"]) for s in SEEDS],
              "adamw-sizes": [dict(seed=s, **CHANGES[f"adamw-{px}px"]) for px in (64, 256) for s in SEEDS[:4]],
@@ -88,6 +97,42 @@ def block_shares(model, x, named) -> dict:
         model.load_state_dict(saved, strict=False)
 
 
+class ChannelScale(nn.Module):
+    """(B, C, H, W) -> the same times a fixed per-channel factor (the target_scale="std" change)."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return x * self.scale.to(x.dtype)
+
+
+def residual_spread(dataset, face, count: int = 200) -> np.ndarray:
+    """Per channel (x, y, z), the spread (rms over images and face pixels) of the training position maps about
+    their mean, in the network's output units (posmap / POSMAP_SCALE), from `count` samples spread over the set."""
+    from faceutil.uv import POSMAP_SCALE
+
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), count)).round().astype(int))
+    maps = np.stack([np.asarray(dataset.posmap_array(int(i)))[face] for i in picks]).astype(np.float64)
+    return (np.sqrt(((maps - maps.mean(0)) ** 2).mean((0, 1))) / POSMAP_SCALE).astype(np.float32)
+
+
+def apply_changes(model, spec: dict, spread=None) -> None:
+    """The study-only network changes of DEFAULTS' last three keys, in place (the defaults change nothing).
+    spread: (3,) residual_spread, needed for target_scale="std"."""
+    last = model.decoder.layers[-1]
+    if spec["last_init"] > 0:
+        nn.init.normal_(last.deconv.weight, std=spec["last_init"])
+    if spec["decoder_norm"] == "group":
+        for layer in model.decoder.layers:
+            if isinstance(layer.bn, nn.BatchNorm2d):
+                channels = layer.bn.num_features
+                layer.bn = nn.GroupNorm(16 if channels % 16 == 0 else 1, channels, eps=1e-3)
+    if spec["target_scale"] == "std":
+        model.decoder.layers[-1] = nn.Sequential(last, ChannelScale(spread))
+
+
 def build(spec: dict):
     from benchmarks.rotation_study.harness import model_kwargs
     from model.registry import build_model
@@ -101,7 +146,6 @@ def build(spec: dict):
 def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None) -> dict:
     """One run of the recipe for spec["steps"] steps (schedule over spec["schedule_steps"]); see the module doc.
     save: where to write the network's state dict as training left it (for later analysis)."""
-    import torch
     from torch.optim.swa_utils import update_bn
 
     from data.dataset import PosmapDataset
@@ -124,6 +168,7 @@ def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None
     names = read_index(train_root)
     dataset = PosmapDataset(train_root, names, augment=True, seed=spec["seed"])
     model.io.set_mean_posmap(dataset.mean_posmap())
+    apply_changes(model, spec, residual_spread(dataset, face.numpy()) if spec["target_scale"] == "std" else None)
     mean_map = model.io.mean_posmap.clone()
     loader = build_loader(dataset, batch_size=spec["batch"], workers=0, shuffle=True, seed=spec["seed"],
                           drop_last=True, device=None)
