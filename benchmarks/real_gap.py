@@ -1,7 +1,8 @@
 """Where the synthetic-to-real gap is (issue 25, item 1): the mean face, the landmark geometry, the pose
 distribution, measured on the genuine AFLW2000-3D data in ../shared/data.
 
-    python -m benchmarks.real_gap [--train FOLDER]      # -> results/real_gap.md + .json (summaries only)
+    python -m benchmarks.real_gap [--train FOLDER] [--network LABEL=CHECKPOINT ...]
+                                                        # -> results/real_gap.md + .json (summaries only)
 
 Sections (every NME is the protocol's 68-point 2D NME, % of sqrt(w h) of the ground-truth landmark box):
   1. The mean face in the protocol's crop frame (what `-test` scores for a network that outputs its training set's
@@ -15,6 +16,10 @@ Sections (every NME is the protocol's 68-point 2D NME, % of sqrt(w h) of the gro
   3. The same posed mean, placed by the crop rule only (its landmark box onto the annotation's): what a network
      that reads the pose exactly and nothing else would score.
   4. Pose: |yaw| bins, pitch and roll spread of the synthetic draws against the genuine annotations.
+  5. (with --network) Trained networks' errors taken apart, on the genuine samples and on the synthetic test set:
+     the NME as `-test` scores it, what is left after the best 2D similarity (the error that no placement fixes)
+     or after box placement, and how far the predicted 68 landmarks are turned in 3D from the annotated ones
+     (rotation of their best 3D similarity, degrees): does the network misread the head's rotation, or its place?
 Only summaries are written: the per-face figures derive from licensed annotations and stay outside the repository.
 """
 from __future__ import annotations
@@ -194,6 +199,60 @@ def pose_rows(samples: list[dict], draws: int = 2000) -> dict:
     return out
 
 
+def rotation_misread(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Angle (degrees) of the rotation of the best 3D similarity taking `pred` (n, 3) onto `gt` (n, 3): how far
+    the predicted landmarks are turned from the true ones, whatever their place and size."""
+    a, b = pred - pred.mean(0), gt - gt.mean(0)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    rot = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt)) or 1.0]) @ vt
+    return math.degrees(math.acos(float(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def decompose(pred: np.ndarray, gt: np.ndarray) -> dict:
+    """(faces, 68, 3) predicted and true landmarks (original px) -> mean NME as scored, after the best 2D
+    similarity, after box placement, and the mean / median 3D rotation misread (degrees)."""
+    turn = [rotation_misread(p, g) for p, g in zip(pred, gt)]
+    p2, g2 = pred[..., :2].astype(np.float64), gt[..., :2].astype(np.float64)
+    return {"nme": float(np.mean([point_errors(p, g).mean() for p, g in zip(p2, g2)])),
+            "similarity": float(np.mean([point_errors(align_2d(p, g), g).mean() for p, g in zip(p2, g2)])),
+            "box": float(np.mean([point_errors(place_by_box(p, g), g).mean() for p, g in zip(p2, g2)])),
+            "turn_mean": float(np.mean(turn)), "turn_median": float(np.median(turn))}
+
+
+def network_rows(networks: dict, synthetic_test: Path) -> dict:
+    """Section 5: {label: {"genuine": decompose(...), "synthetic": decompose(...)}} for each {label: checkpoint}, and
+    the same for the first network's own mean face (the mean-residual head's mean map, residual zeroed)."""
+    import torch
+
+    from data.dataset import AFLWEvalSet
+    from engine.evaluate import evaluate_model
+    from engine.loading import load_network
+    from faceutil.uv import uv_layout
+
+    class MeanFace(torch.nn.Module):
+        """(B, 3, 256, 256) -> the network's mean position map for every image."""
+
+        def __init__(self, io):
+            super().__init__()
+            self.io = io
+
+        def forward(self, x):
+            return self.io.mean_posmap.expand(x.shape[0], -1, -1, -1)
+
+    sets = {"genuine": AFLWEvalSet(SHARED / "aflw2000_samples"), "synthetic": AFLWEvalSet(synthetic_test)}
+    out = {}
+    for i, (label, path) in enumerate(networks.items()):
+        net = load_network(path)
+        variants = [(label, net.module)]
+        if i == 0 and getattr(getattr(net.module, "io", None), "head", None) == "mean-residual":
+            variants.append((f"{label}: its mean face", MeanFace(net.module.io)))
+        kpt = uv_layout(net.bfm).kpt_ind
+        for name, module in variants:
+            reports = {k: evaluate_model(module, ds, kpt, None, "cpu", 8) for k, ds in sets.items()}
+            out[name] = {k: decompose(r.landmarks, r.truth) for k, r in reports.items()}
+    return out
+
+
 def write_report(record: dict) -> None:
     from faceutil.sampleio import atomic_write_bytes
 
@@ -231,6 +290,17 @@ def write_report(record: dict) -> None:
     md += [f"| {name} | " + " | ".join(f"{100 * b:.1f} %" for b in r["yaw_bins"]) +
            f" | {r['pitch_sd']:.1f} | {100 * r['pitch_over20']:.0f} % | {r['roll_sd']:.1f} | "
            f"{100 * r['roll_over20']:.0f} % |" for name, r in record["pose"].items()]
+    if record.get("networks"):
+        md += ["", "## 5. Trained networks, their errors taken apart", "",
+               "As `-test` scores it; after the best 2D similarity (what no placement of the predicted landmarks "
+               "fixes); placed by the crop rule (box onto box); and the rotation of the best 3D similarity taking the "
+               "predicted 68 landmarks onto the annotated ones (how far the network misread the head's turn). The "
+               f"checkpoints: {', '.join(f'{k} = `{v}`' for k, v in record['network_paths'].items())}.", "",
+               "| network | test set | NME | after similarity | box-placed | rotation misread, mean (median) |",
+               "|---|---|---|---|---|---|"]
+        md += [f"| {name} | {where} | {r['nme']:.2f} | {r['similarity']:.2f} | {r['box']:.2f} | "
+               f"{r['turn_mean']:.1f}° ({r['turn_median']:.1f}°) |"
+               for name, sets in record["networks"].items() for where, r in sets.items()]
     md += ["", "## Reading", ""] + record["reading"] + [""]
     atomic_write_bytes(RESULTS_DIR / "real_gap.md", ("\n".join(md) + "\n").encode("utf-8"))
     write_json(RESULTS_DIR / "real_gap.json", record)
@@ -239,7 +309,14 @@ def write_report(record: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", default=None, help="a processed synthetic training folder (default: the study set)")
+    p.add_argument("--network", action="append", default=[], metavar="LABEL=CHECKPOINT",
+                   help="a trained network to take apart in section 5 (repeatable)")
     args = p.parse_args(argv)
+    networks = dict(item.split("=", 1) if "=" in item else (Path(item).stem, item) for item in args.network)
+    for label, path in networks.items():
+        if not Path(path).is_file():
+            print(f"real_gap: the checkpoint {path} given for {label!r} does not exist.", file=sys.stderr)
+            return 2
     if not (SHARED / "aflw2000_samples").is_dir():
         print(f"real_gap: {SHARED} is missing; this benchmark needs the genuine samples.", file=sys.stderr)
         return 2
@@ -253,6 +330,9 @@ def main(argv=None) -> int:
               "frontal_count": int(sum(abs(math.degrees(s["pose"][1])) <= FRONTAL for s in samples)),
               "mean_face": mean_face_rows(samples, train_root, test_raw), "geometry": geometry_rows(samples),
               "pose": pose_rows(samples)}
+    if networks:
+        record["network_paths"] = networks
+        record["networks"] = network_rows(networks, test_raw)
     record["reading"] = reading(record)
     write_report(record)
     print(f"wrote {RESULTS_DIR / 'real_gap.md'}")
@@ -287,7 +367,11 @@ def reading(r: dict) -> list[str]:
         f"faces have |pitch| > 20° and {100 * gen['roll_over20']:.0f} % |roll| > 20°, against "
         f"{100 * tr['pitch_over20']:.0f} % and {100 * tr['roll_over20']:.0f} % of the synthetic training draws; yaw "
         "matches (the AFLW2000 draws were made to).",
-    ]
+    ] + [f"- **{name}**: {sets['genuine']['nme']:.2f} % on the genuine samples, {sets['genuine']['similarity']:.2f} % "
+         f"after the best similarity, its landmarks turned {sets['genuine']['turn_mean']:.1f}° from the annotated ones "
+         f"(median {sets['genuine']['turn_median']:.1f}°); on its synthetic test set {sets['synthetic']['nme']:.2f} %, "
+         f"{sets['synthetic']['similarity']:.2f} %, {sets['synthetic']['turn_mean']:.1f}°."
+         for name, sets in r.get("networks", {}).items()]
 
 
 if __name__ == "__main__":

@@ -39,6 +39,25 @@ def test_point_errors_average_to_the_protocol_nme():
     assert real_gap.point_errors(pred, gt).mean() == pytest.approx(nme(pred, gt)[0], rel=1e-12)
 
 
+def test_decompose_reads_a_known_turn_and_placement():
+    """A 3D turn of 20 deg about the vertical axis reads as 20 deg whatever the shift and scale; a pure 2D
+    similarity costs NME but nothing after the best similarity and no turn."""
+    from faceutil.pose import angle2matrix
+
+    rng = np.random.default_rng(5)
+    gt = rng.normal(size=(2, 68, 3)) * np.array([40.0, 50.0, 30.0]) + 200.0
+    turned = (gt - gt.mean(1, keepdims=True)) @ angle2matrix(0.0, math.radians(20.0), 0.0).T * 1.3 + 150.0
+    assert real_gap.rotation_misread(turned[0], gt[0]) == pytest.approx(20.0, abs=1e-6)
+    moved = gt.copy()
+    moved[..., :2] = np.stack([_similarity(g[:, :2], 1.2, 10.0, np.array([15.0, -8.0])) for g in gt])
+    moved[..., 2] *= 1.2                                            # a 3D similarity: z scales too
+    parts = real_gap.decompose(moved, gt)
+    assert parts["nme"] > 5.0 and parts["similarity"] == pytest.approx(0.0, abs=1e-9)
+    assert parts["turn_mean"] == pytest.approx(10.0, abs=1e-6)       # the in-plane 10 deg is a turn about z
+    same = real_gap.decompose(gt, gt)
+    assert max(same.values()) == pytest.approx(0.0, abs=1e-5)
+
+
 def test_posed_means_sit_on_the_genuine_annotations(shared_data):
     samples = real_gap.genuine_samples()
     assert len(samples) == 31
