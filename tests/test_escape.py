@@ -33,6 +33,9 @@ def test_names_and_sets():
     assert {escape_report.change_of(s) for s in harness.specs_of("adamw-sizes")} == {"adamw-64px", "adamw-256px"}
     assert escape_report.change_of({**harness.DEFAULTS, "seed": 5, "warmup": 500, "steps": 700}) == "warmup500"
     assert escape_report.change_of({**harness.DEFAULTS, "seed": 5, "lr": 1e-3}) == "e2tkface-aligned__lr=0.001"
+    older = {k: v for k, v in harness.DEFAULTS.items() if k not in ("last_init", "decoder_norm", "target_scale")}
+    assert escape_report.change_of({**older, "seed": 2}) == "baseline"      # saved before those settings existed
+    assert escape_report.change_of({**harness.DEFAULTS, "seed": 1, "target_scale": "std"}) == "target-std"
 
 
 def test_verdict_and_step_left():

@@ -247,7 +247,11 @@ def escape_section() -> list[str]:
             f"threads {d['threads']} unless the row says otherwise; seeds 0–7. A run has left the mean face when its "
             f"last 50 steps' loss is below {escape.LEFT_BELOW} × the loss of the mean position map on the same "
             "batches; 'step left': from which logged step on the collapse watch's spread ratio stayed ≥ 0.25. "
-            "NME: 2D NME on the 120 test images after the run (BatchNorm statistics refreshed), as far as it got.", ""]\
+            "NME: 2D NME on the 120 test images after the run (BatchNorm statistics refreshed), as far as it got.", "",
+            "The changes (settings of benchmarks.escape.harness; last_init, decoder_norm and target_scale are changes "
+            "to the network made for this study only): " + "; ".join(
+                f"{name}: " + (", ".join(f"{k} {v}" for k, v in change.items()) or "none")
+                for name, change in escape.CHANGES.items()) + ".", ""]\
         + escape_report.table(results["runs"], results["mean_face_nme2d"]) + \
         ["", "### Per block: runs that left against runs that stayed", "",
          "Median over runs of: the between-image share of the block's output variance on 16 fixed crops / the "

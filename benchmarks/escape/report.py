@@ -43,7 +43,8 @@ def summarise(record: dict) -> dict:
 
 def change_of(spec: dict) -> str:
     """The CHANGES name a run's spec belongs to (ignoring the seed and the network), or its own difference from
-    DEFAULTS."""
+    DEFAULTS. A setting the spec lacks (runs made before it existed) ran at its default."""
+    spec = {**DEFAULTS, **spec}
     for name, change in CHANGES.items():
         if {**DEFAULTS, **change, "seed": spec["seed"], "model": spec["model"], "encoder": spec["encoder"]} == spec:
             return name
