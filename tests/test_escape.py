@@ -29,7 +29,9 @@ def test_names_and_sets():
     assert harness.run_name({**harness.DEFAULTS, "model": "prnet"}) == "prnet"
     assert all(len(harness.SETS[name]) == 8 for name in ("baseline", "adamw", "wd0", "warmup500", "adamw-threads2"))
     networks = harness.specs_of("adamw-networks")
-    assert len(networks) == 16 and {escape_report.change_of(s) for s in networks} == {"adamw-study"}
+    assert len(networks) == 12 and {escape_report.change_of(s) for s in networks} == {"adamw-w500"}
+    assert {(s["model"], s["encoder"]) for s in networks} == {("prnet", "aligned"), ("e2tkface", "cnn"),
+                                                              ("e2tkface", "faithful")}
     assert {escape_report.change_of(s) for s in harness.specs_of("adamw-sizes")} == {"adamw-64px", "adamw-256px"}
     assert escape_report.change_of({**harness.DEFAULTS, "seed": 5, "warmup": 500, "steps": 700}) == "warmup500"
     assert escape_report.change_of({**harness.DEFAULTS, "seed": 5, "lr": 1e-3}) == "e2tkface-aligned__lr=0.001"
