@@ -62,7 +62,7 @@ def _range(values, fmt="{:.2f}") -> str:
 def table(runs: list[dict], mean_face: float | None) -> list[str]:
     """Markdown: one row per change x network: seeds that left the mean face, the step they left it, NME."""
     rows = ["| change to the demo recipe | network | left the mean face / seeds | step left (median, range) | "
-            "2D NME at the end, runs that left | runs that stayed |", "|---|---|---|---|---|---|"]
+            "2D NME at the end, runs that left | runs that stayed: NME (last logged loss) |", "|---|---|---|---|---|---|"]
     keyed: dict[tuple, list] = {}
     for r in runs:
         net = ("PRNet" if r["spec"]["model"] == "prnet" else f"E2TKFace {r['spec']['encoder']}") + \
@@ -76,8 +76,10 @@ def table(runs: list[dict], mean_face: float | None) -> list[str]:
         stayed = [r for r in group if not r["left"]]
         rows.append(f"| {change} | {net} | {len(left)} / {len(group)} | "
                     f"{int(np.median(steps)) if steps else '–'} ({_range(steps, '{:d}')}) | "
-                    f"{_range([r['nme2d'] for r in left])} % | "
-                    + (f"{_range([r['nme2d'] for r in stayed])} %" if stayed else "–") + " |")
+                    + (f"{_range([r['nme2d'] for r in left])} %" if left else "–") + " | "
+                    + (f"{_range([r['nme2d'] for r in stayed])} % (loss {_range([r['loss_end'] for r in stayed])} "
+                       f"× the mean map's, seeds {', '.join(str(r['spec']['seed']) for r in stayed)})"
+                       if stayed else "–") + " |")
     if mean_face is not None:
         rows += ["", f"The mean face scores {mean_face:.2f} % on the same test images."]
     return rows
