@@ -258,7 +258,7 @@ def escape_section() -> list[str]:
          "gradient norm reaching its parameters / Adam's step relative to its weights [/ its weight norm relative to "
          "initialisation, in runs that log it]; last column: the weights' norm at the "
          "end over the start, from the saved state (runs that saved it).", ""] + \
-        [line for change in ("baseline", "adamw") if any(escape_report.change_of(r["spec"]) == change
+        [line for change in ("baseline", "wd0", "adamw") if any(escape_report.change_of(r["spec"]) == change
                                                           for r in results["runs"])
          for line in [f"**{change}**", ""] + escape_report.mechanism(
              [r for r in results["runs"] if escape_report.change_of(r["spec"]) == change]) + [""]]
