@@ -263,15 +263,18 @@ def predict_path(predictor: Predictor, path, out_dir, boxes=None, progress: bool
 
 
 def run_predict(config, checkpoint=None) -> PredictSummary:
-    """CLI entry (-predict=PATH --loadModelPath=CKPT|ONNX [-o=DIR] [--bbox=...]): prints the summary; raises RunError
-    (one sentence, non-zero exit) when nothing could be predicted."""
+    """CLI entry (-predict=PATH [--loadModelPath=CKPT|ONNX] [-o=DIR] [--bbox=...]): prints the summary; raises
+    RunError (one sentence, non-zero exit) when nothing could be predicted. Without --loadModelPath the shipped network
+    (engine.shipped) predicts; its absence or damage is one sentence too."""
     from inference.detectors import make_detector
     from engine.loading import model_spec
     from faceutil.detect import parse_boxes
 
     source = checkpoint or config.load_model_path
-    if source is None:
-        raise RunError("-predict needs --loadModelPath=PATH to a checkpoint (.pth) or an exported .onnx file.")
+    if source is None:                              # the network that ships with the repository (engine.shipped)
+        from engine.shipped import shipped_path
+
+        source = shipped_path()
     boxes = parse_boxes(config.bbox) if getattr(config, "bbox", None) else None
     given = getattr(config, "given", ())
     name, kwargs = model_spec(config)              # used only for a bare state_dict, which records neither
