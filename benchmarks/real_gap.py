@@ -220,17 +220,18 @@ def decompose(pred: np.ndarray, gt: np.ndarray) -> dict:
             "turn_mean": float(np.mean(turn)), "turn_median": float(np.median(turn))}
 
 
-def full_appearance_test(plain_test: Path) -> Path:
-    """A synthetic test set drawn with every randomisation of faceutil.appearance ("full", wider pitch and roll
-    included): AFLW2000-format images made once beside the plain test folder, with its count and seed."""
+def full_appearance_test(count: int = 120, seed: int = 1) -> Path:
+    """A synthetic AFLW2000-format test set drawn with every randomisation of faceutil.appearance ("full", wider
+    pitch and roll included): `count` images, made once under the studies' data folder (the plain study test set's
+    count and seed by default)."""
+    from benchmarks.study_data import DATA_WORK
     from faceutil.appearance import Appearance
     from faceutil.facemodel import load_model
     from faceutil.synthetic import synthesize_dataset
 
-    count = len(list(plain_test.glob("*.mat")))
-    folder = plain_test.parent / "AFLW2000-full"
+    folder = DATA_WORK / f"test{count}-seed{seed}-full" / "AFLW2000"
     if len(list(folder.glob("*.mat"))) < count:
-        synthesize_dataset(folder, "AFLW2000", count, 1, model=load_model("synthetic"),
+        synthesize_dataset(folder, "AFLW2000", count, seed, model=load_model("synthetic"),
                            appearance=Appearance.parse("full"))
     return folder
 
@@ -256,7 +257,7 @@ def network_rows(networks: dict, synthetic_test: Path) -> dict:
             return self.io.mean_posmap.expand(x.shape[0], -1, -1, -1)
 
     sets = {"genuine": AFLWEvalSet(SHARED / "aflw2000_samples"), "synthetic": AFLWEvalSet(synthetic_test),
-            "synthetic, full appearance": AFLWEvalSet(full_appearance_test(synthetic_test))}
+            "synthetic, full appearance": AFLWEvalSet(full_appearance_test(len(list(synthetic_test.glob("*.mat")))))}
     out = {}
     for i, (label, path) in enumerate(networks.items()):
         net = load_network(path)

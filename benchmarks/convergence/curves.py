@@ -101,6 +101,7 @@ def run_curve(spec: dict, folder: Path, label: str, threads: int, resume: bool =
         history = load_checkpoint(run_dir / "last.pth").get("history", [])
         spent = minutes_of(history)
     if spent >= spec["minutes"] or (history and history[-1]["epoch"] >= spec["epochs"]):
+        _backfill(curve, path, run_dir, tests, kpt_ind, train_root)
         print(f"{label}: done ({spent:.1f} training minutes)", flush=True)
         return curve
     if history and (not curve["points"] or curve["points"][-1]["epoch"] < history[-1]["epoch"]):
@@ -118,6 +119,23 @@ def run_curve(spec: dict, folder: Path, label: str, threads: int, resume: bool =
     run_training(curve_config(spec, train_root, run_dir, 0.0 if per_step else spec["minutes"] - spent),
                  on_epoch=on_epoch)
     return curve
+
+
+def _backfill(curve: dict, path: Path, run_dir: Path, tests: dict, kpt_ind, train_root: Path) -> None:
+    """A finished run scored on test sets added after it ran: the network as it ended (run_dir/last.pth, the last
+    point's) and its mean face, on every set of `tests` the last point lacks; curve.json rewritten."""
+    from engine.evaluate import MeanPosmapModel
+    from engine.loading import load_network
+
+    point = curve["points"][-1] if curve["points"] else None
+    missing = [name for name in tests if name and point is not None and f"nme2d_{name}" not in point]
+    if not missing or not (run_dir / "last.pth").is_file():
+        return
+    model, mean_face = load_network(run_dir / "last.pth", export=False).module, MeanPosmapModel(train_root)
+    for name in missing:
+        point[f"nme2d_{name}"] = evaluate_nme(model, tests[name], kpt_ind)
+        curve[f"mean_face_nme2d_{name}"] = evaluate_nme(mean_face, tests[name], kpt_ind)
+    write_json(path, curve)
 
 
 def _add_point(curve: dict, path: Path, model, record: dict, minutes: float, tests: dict, kpt_ind) -> None:
