@@ -67,3 +67,20 @@ def test_posed_means_sit_on_the_genuine_annotations(shared_data):
     assert rows["BFM mean (3DDFA tables)"]["similarity"]["all"] < 2.5
     assert rows["synthetic model"]["similarity"]["all"] < 3.5
     assert all(abs(math.degrees(s["pose"][1])) <= 90.0 for s in samples)
+
+
+def test_shape_spread_measures_known_deformations_not_pose():
+    """Shapes that differ only by similarity have no spread; adding a known offset to one landmark of half the faces
+    shows up in that landmark's group and nowhere else."""
+    from faceutil.pose import angle2matrix
+
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(68, 3)) * np.array([60.0, 70.0, 40.0])
+    posed = np.stack([(1.0 + 0.3 * rng.random()) * base @ angle2matrix(*(rng.normal(size=3) * 0.4)).T
+                      + rng.normal(size=3) * 50 for _ in range(20)])
+    still = real_gap.shape_spread(posed)
+    assert still["all"] == pytest.approx(0.0, abs=1e-9) and still["dims90"] >= 1
+    moved = posed.copy()
+    moved[::2, 60] += 3.0 * (posed[0, :, 0].max() - posed[0, :, 0].min()) / 100.0  # ~3 % of the face on one point
+    spread = real_gap.shape_spread(moved)
+    assert spread["mouth"] > 0.1 and spread["mouth"] > 2.5 * max(spread["jaw"], spread["nose"], spread["eyes"])
