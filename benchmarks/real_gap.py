@@ -420,9 +420,9 @@ def spread_reading(spread: dict | None) -> list[str]:
             f"{real['mouth']:.2f}, jaw {real['jaw']:.2f}); a synthetic one {both['all']:.2f} % from the synthetic "
             f"mean (mouth {both['mouth']:.2f}, jaw {both['jaw']:.2f}): {both['all'] / real['all']:.2f} × the genuine "
             f"spread, in {both['dims90']} principal components against {real['dims90']}. (The genuine shapes are "
-            "model fits, so their spread holds some fitting error too.) Reasoning, not measured: a network trained on the "
-            "synthetic draws sees less of how faces differ than it meets in real photos; the draws' spread is the "
-            "next thing to calibrate (issue 25, item 2).",
+            "model fits, so their spread holds some fitting error too.) Reasoning, not measured: a network trained "
+            "on the synthetic draws sees less of how faces differ than it meets in real photos; the draws' spread "
+            "is the next thing to calibrate (issue 25, item 2).",
             ]
 
 
