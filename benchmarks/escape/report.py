@@ -62,7 +62,8 @@ def _range(values, fmt="{:.2f}") -> str:
 def table(runs: list[dict], mean_face: float | None) -> list[str]:
     """Markdown: one row per change x network: seeds that left the mean face, the step they left it, NME."""
     rows = ["| change to the demo recipe | network | left the mean face / seeds | step left (median, range) | "
-            "2D NME at the end, runs that left | runs that stayed: NME (last logged loss) |", "|---|---|---|---|---|---|"]
+            "2D NME at the end, runs that left | runs that stayed: NME (last logged loss) |",
+            "|---|---|---|---|---|---|"]
     keyed: dict[tuple, list] = {}
     for r in runs:
         net = ("PRNet" if r["spec"]["model"] == "prnet" else f"E2TKFace {r['spec']['encoder']}") + \
