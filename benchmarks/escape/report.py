@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, write_json
-from benchmarks.escape.harness import CHANGES, DEFAULTS, blocks, build, left_mean, norm_ratio, run_name, step_left
+from benchmarks.escape.harness import CHANGES, DEFAULTS, apply_changes, blocks, build, left_mean, norm_ratio
+from benchmarks.escape.harness import run_name, step_left
 from benchmarks.escape.harness import weight_norm
 from benchmarks.study_data import evaluate_nme, study_data
 
@@ -117,8 +118,10 @@ def weights_at_end(spec: dict, saved: Path) -> dict:
 
     from engine.train import seed_everything
 
+    spec = {**DEFAULTS, **spec}
     seed_everything(spec["seed"])
     model, _ = build(spec)
+    apply_changes(model, spec, np.ones(3, np.float32))          # the spread buffer comes with the saved state
     start = {name: weight_norm(m) for name, m in blocks(model)}
     model.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
     ratios = {name: norm_ratio(weight_norm(m), start[name]) for name, m in blocks(model)}
