@@ -155,3 +155,21 @@ def test_network_changes_of_the_intervention_sets():
         changed.eval()(torch.rand(2, 3, 256, 256))
     assert float(seen["raw"].abs().max()) > 0
     torch.testing.assert_close(seen["scaled"], seen["raw"] * torch.as_tensor(spread).view(1, 3, 1, 1))
+
+
+def test_weight_norms_at_the_end_rebuild_a_changed_network(tmp_path):
+    """A run of a set that changes the network (GroupNorm, scaled residual) is rebuilt as it ran: its saved state
+    loads, and weights saved unchanged from the start read as 1.0 of their initial norm in every block group."""
+    import torch
+
+    from engine.train import seed_everything
+
+    spec = {**harness.DEFAULTS, "model": "prnet", "input_size": 64, "decoder_norm": "group", "target_scale": "std",
+            "seed": 4}
+    seed_everything(spec["seed"])
+    model, _ = harness.build(spec)
+    harness.apply_changes(model, spec, np.float32([0.1, 0.2, 0.3]))
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    ratios = escape_report.weights_at_end(spec, tmp_path / "w.pt")
+    assert set(ratios) == {label for label, _ in escape_report.GROUPS}
+    assert all(r == pytest.approx(1.0, abs=1e-4) for r in ratios.values()), ratios
