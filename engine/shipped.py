@@ -16,8 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from .errors import RunError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "e2tkface-synthetic.pth"
