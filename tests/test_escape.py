@@ -173,3 +173,14 @@ def test_weight_norms_at_the_end_rebuild_a_changed_network(tmp_path):
     ratios = escape_report.weights_at_end(spec, tmp_path / "w.pt")
     assert set(ratios) == {label for label, _ in escape_report.GROUPS}
     assert all(r == pytest.approx(1.0, abs=1e-4) for r in ratios.values()), ratios
+
+
+def test_output_growth_table_splits_left_and_stayed():
+    grew = [escape_report.summarise({**_record([0.5] * 30, [0.5] * 30, seed=s),
+                                     "output_norm": [[50, 0.01 * (s + 1)], [100, 0.05]]}) for s in (0, 1)]
+    flat = [escape_report.summarise({**_record([1.0] * 30, [0.05] * 30, seed=2), "output_norm": [[50, 0.004]]})]
+    older = [escape_report.summarise(_record([1.0] * 30, [0.05] * 30, seed=3))]      # logged before: left out
+    rows = escape_report.output_growth(grew + flat + older, steps=(50, 100))
+    assert rows[2] == "| left (2) | 0.0150 (0.0100–0.0200) | 0.0500 |"
+    assert rows[3] == "| stayed (1) | 0.0040 | – |"
+    assert escape_report.output_growth(older) == []

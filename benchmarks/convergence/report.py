@@ -261,4 +261,19 @@ def escape_section() -> list[str]:
         [line for change in ("baseline", "wd0", "adamw") if any(escape_report.change_of(r["spec"]) == change
                                                           for r in results["runs"])
          for line in [f"**{change}**", ""] + escape_report.mechanism(
-             [r for r in results["runs"] if escape_report.change_of(r["spec"]) == change]) + [""]]
+             [r for r in results["runs"] if escape_report.change_of(r["spec"]) == change]) + [""]] + \
+        output_growth_section(results["runs"])
+
+
+def output_growth_section(runs: list[dict]) -> list[str]:
+    """Per set that logged it: the zero-started output layer's weight norm in runs that left and runs that stayed."""
+    out = []
+    for change in escape.CHANGES:
+        rows = escape_report.output_growth([r for r in runs if escape_report.change_of(r["spec"]) == change
+                                            and r["spec"]["model"] == "e2tkface" and r["spec"]["encoder"] == "aligned"])
+        out += [f"**{change}**", ""] + rows + [""] if rows else []
+    if not out:
+        return []
+    return ["### The output layer's growth", "", "Weight norm of the zero-started output layer of E2TKFace `aligned` "
+            "(median and range over the runs), logged since 2026-12-08; finding 13 measured it in two demo probes.",
+            ""] + out

@@ -6,8 +6,8 @@ One run = the training recipe on the synthetic study data (800 training crops, a
 collapse watch's spread ratio (engine.collapse), and every BLOCK_EVERY steps per block (encoder, neck stages,
 global layer, each decoder layer): the between-image share of its output's variance on a fixed batch of 16 crops,
 the gradient norm reaching its parameters, Adam's update relative to its weights and its weight norm relative to
-initialisation. At the end, 2D NME on the 120
-synthetic AFLW2000-format test images (BatchNorm statistics refreshed). One JSON per run; a rerun skips what is
+initialisation, and the output layer's weight norm (it starts at zero). At the end, 2D NME on the 120 synthetic
+AFLW2000-format test images (BatchNorm statistics refreshed). One JSON per run; a rerun skips what is
 done, so sets can be spread over sessions and shards (--shard i/n) run side by side.
 
     python -m benchmarks.escape run --set baseline [--shard 0/2]

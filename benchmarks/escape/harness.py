@@ -175,7 +175,8 @@ def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None
                                total_steps=spec["schedule_steps"], schedule="cosine")
     named = blocks(model)
     initial_norms = {name: weight_norm(m) for name, m in named}
-    log, block_log, window = [], [], []
+    log, block_log, window, output_norm = [], [], [], []
+    output_layer = named[-1][1]
     step, epoch, start = 0, 0, time.perf_counter()
     model.train()
     while step < spec["steps"]:
@@ -214,6 +215,7 @@ def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None
                                  float((w1 - w0).norm() / w0.norm().clamp_min(1e-12)),
                                  norm_ratio(weight_norm(module), initial_norms[name])]
                 block_log.append(row)
+                output_norm.append([step, weight_norm(output_layer)])
             if step >= spec["steps"]:
                 break
         epoch += 1
@@ -226,7 +228,8 @@ def run(spec: dict, train_root: Path, test_items: list, save: Path | None = None
         update_bn((b["image"] for b in torch.utils.data.DataLoader(refresh, batch_size=16)), model)
     model.eval()
     nme = evaluate_nme(model.export() if hasattr(model, "export") else model, test_items, layout.kpt_ind)
-    return {"spec": spec, "log": log, "blocks": block_log, "norm": "weights", "nme2d": nme,
+    return {"spec": spec, "log": log, "blocks": block_log, "norm": "weights", "output_norm": output_norm,
+            "nme2d": nme,
             "train_seconds": round(train_s, 1),
             "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_line("cpu")}
 

@@ -38,6 +38,7 @@ def summarise(record: dict) -> dict:
     return {"name": run_name(record["spec"]), "spec": record["spec"], "left": left_mean(record),
             "step_left": step_left(record), "nme2d": record["nme2d"], "loss_end": record["log"][-1][1],
             "spread_end": record["log"][-1][2], "groups": groups, "weights_end": record.get("weights_end"),
+            "output_norm": record.get("output_norm"),
             "train_seconds": record["train_seconds"],
             "date": record["date"], "machine": record["machine"]}
 
@@ -109,6 +110,23 @@ def mechanism(runs: list[dict], steps=(50, 100, 150, 200, 300)) -> list[str]:
             cells.append(f"{_range(ends)} ({len(ends)} runs)" if ends else "–")
             rows.append(f"| {label} | {verdict} ({len(members)}) | " + " | ".join(cells) + " |")
     return rows
+
+
+def output_growth(runs: list[dict], steps=(50, 100, 150, 200, 300)) -> list[str]:
+    """Markdown: the output layer's weight norm (it starts at zero) at the given steps, median and range over the
+    runs that left / stayed; runs logged before it was recorded are left out."""
+    rows = ["| runs | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    for verdict, members in (("left", [r for r in runs if r["left"] and r.get("output_norm")]),
+                             ("stayed", [r for r in runs if not r["left"] and r.get("output_norm")])):
+        if not members:
+            continue
+        cells = []
+        for s in steps:
+            values = [norm for r in members for step, norm in r["output_norm"] if step == s]
+            cells.append("–" if not values else f"{values[0]:.4f}" if min(values) == max(values) else
+                         f"{np.median(values):.4f} ({_range(values, '{:.4f}')})")
+        rows.append(f"| {verdict} ({len(members)}) | " + " | ".join(cells) + " |")
+    return rows if len(rows) > 2 else []
 
 
 def weights_at_end(spec: dict, saved: Path) -> dict:
